@@ -1,0 +1,64 @@
+"""Checkpoint files: cache folder, download with progress bar, SHA-256 check."""
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from maskml.errors import MaskmlError
+
+
+def cache_dir() -> Path:
+    """$MASKML_HOME, or ~/.cache/maskml."""
+    return Path(os.environ.get("MASKML_HOME") or Path.home() / ".cache" / "maskml").expanduser()
+
+
+def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str | None, progress: bool = True, timeout: float = 30.0) -> Path:
+    """Download `url` to `dest` (through a temporary name, so an interrupted download leaves nothing),
+    checking the SHA-256 before the file takes its final name."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".part")
+    hint = (f"Download it by hand from {url} and put it at {dest} "
+            f"(or set MASKML_HOME, or pass an explicit checkpoint path).")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", exc)
+        raise MaskmlError(f"could not download {dest.name} ({reason}). {hint}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    if sha256 and digest.hexdigest() != sha256:
+        partial.unlink(missing_ok=True)
+        raise MaskmlError(f"downloaded {dest.name} has SHA-256 {digest.hexdigest()}, expected {sha256}: "
+                          f"the file is corrupt or not the official release. {hint}")
+    os.replace(partial, dest)
+    return dest
+
+
+def cached_file(filename: str, url: str, sha256: str | None, progress: bool = True) -> Path:
+    """Path of `filename` in the cache folder, downloading it there first if it is missing."""
+    path = cache_dir() / filename
+    if path.is_file():
+        return path
+    return download(url, path, sha256, progress=progress)

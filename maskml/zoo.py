@@ -1,0 +1,180 @@
+"""Model zoo: one registry from a model name to its architecture, official weights
+file (URL, SHA-256, layout inside the file) and loader.
+
+    model = maskml.load_model("mobile_sam")                      # cache or download
+    model = maskml.load_model("sam_vit_b", checkpoint="sam_vit_b_01ec64.pth")
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from maskml.errors import MaskmlError
+from maskml.hub import cached_file
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: str  # "module:function", called with **config
+    config: dict[str, Any]
+    url: str
+    sha256: str
+    description: str = ""
+    state_dict_key: str | None = None  # the file holds {key: state_dict} instead of the state dict itself
+    ignored_prefixes: tuple[str, ...] = ()  # tensors in the official file the architecture does not use
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def family(self) -> str:
+        return self.builder.split(":")[0].split(".")[2]  # maskml.models.<family>...
+
+    def build(self) -> nn.Module:
+        module, function = self.builder.split(":")
+        return getattr(importlib.import_module(module), function)(**self.config)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def list_models(family: str | None = None) -> list[str]:
+    return [name for name, e in _REGISTRY.items() if family is None or e.family == family]
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise MaskmlError(f"unknown model {name!r}.{hint} Known models: {', '.join(_REGISTRY)}.") from None
+
+
+def build_model(name: str) -> nn.Module:
+    """The architecture of `name` with freshly initialised weights, in eval mode."""
+    model = get_entry(name).build().eval()
+    model.model_name = name
+    return model
+
+
+def read_checkpoint(entry: ModelEntry, path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict inside an official checkpoint file, unused tensors removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise MaskmlError(f"checkpoint file {path} does not exist (expected the official {entry.filename}).")
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not in the zip format: mmap is impossible, plain load works
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we can read"
+        raise MaskmlError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. "
+                          f"Expected the official {entry.filename}.") from None
+    if entry.state_dict_key is not None:
+        if not isinstance(obj, dict) or entry.state_dict_key not in obj:
+            raise MaskmlError(f"checkpoint {path} has no {entry.state_dict_key!r} entry; {entry.name} expects the "
+                              f"official {entry.filename} layout ({{{entry.state_dict_key!r}: state_dict}}).")
+        obj = obj[entry.state_dict_key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise MaskmlError(f"checkpoint {path} does not hold a state dict of tensors (expected {entry.filename}).")
+    return {k: v for k, v in obj.items() if not k.startswith(entry.ignored_prefixes)}
+
+
+def _mismatch(model_sd: dict[str, torch.Tensor], file_sd: dict[str, torch.Tensor]):
+    missing = [k for k in model_sd if k not in file_sd]
+    unexpected = [k for k in file_sd if k not in model_sd]
+    shapes = [(k, tuple(file_sd[k].shape), tuple(model_sd[k].shape))
+              for k in model_sd if k in file_sd and file_sd[k].shape != model_sd[k].shape]
+    return missing, unexpected, shapes
+
+
+def _guess_model(file_sd: dict[str, torch.Tensor], exclude: str) -> str | None:
+    """Name of another registered model whose architecture fits the file exactly."""
+    for name, entry in _REGISTRY.items():
+        if name == exclude:
+            continue
+        with torch.device("meta"):
+            try:
+                other = entry.build().state_dict()
+            except Exception:  # noqa: BLE001 - a family that cannot build on meta is simply not a guess
+                continue
+        pruned = {k: v for k, v in file_sd.items() if not k.startswith(entry.ignored_prefixes)}
+        if not any(_mismatch(other, pruned)):
+            return name
+    return None
+
+
+def load_state(model: nn.Module, entry: ModelEntry, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict(strict=True), but a mismatch becomes one readable MaskmlError."""
+    missing, unexpected, shapes = _mismatch(model.state_dict(), state)
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (e.g. " + ", ".join(
+                f"{k}: file {list(a)} vs model {list(b)}" for k, a, b in shapes[:2]) + ")")
+        guess = _guess_model(state, entry.name)
+        hint = f" It looks like a checkpoint for {guess}." if guess else ""
+        raise MaskmlError(f"checkpoint {source} does not fit {entry.name}: {'; '.join(parts)}.{hint}")
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(name: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
+               progress: bool = True) -> nn.Module:
+    """Build `name` and load its official weights, from `checkpoint` or from the cache folder
+    ($MASKML_HOME, default ~/.cache/maskml), downloading them there if needed."""
+    entry = get_entry(name)
+    path = Path(checkpoint) if checkpoint is not None else cached_file(entry.filename, entry.url, entry.sha256,
+                                                                      progress=progress)
+    state = read_checkpoint(entry, path)
+    model = build_model(name)
+    load_state(model, entry, state, str(path))
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise MaskmlError(f"cannot move {name} to device {device!r}: {exc}") from None
+    return model.eval()
+
+
+_SAM = "maskml.models.sam.sam:build_sam"
+_SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+
+register(ModelEntry(
+    "sam_vit_b", _SAM, dict(encoder="vit", embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+    _SAM_URL + "sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+    "SAM ViT-B (91M encoder parameters)"))
+register(ModelEntry(
+    "sam_vit_l", _SAM,
+    dict(encoder="vit", embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+    _SAM_URL + "sam_vit_l_0b3195.pth", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+    "SAM ViT-L (308M encoder parameters)"))
+register(ModelEntry(
+    "sam_vit_h", _SAM,
+    dict(encoder="vit", embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
+    _SAM_URL + "sam_vit_h_4b8939.pth", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+    "SAM ViT-H (637M encoder parameters)"))
+register(ModelEntry(
+    "mobile_sam", _SAM, dict(encoder="tiny_vit"),
+    "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+    "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+    "MobileSAM: TinyViT-5M encoder distilled from SAM ViT-H, SAM's decoder",
+    # the released file still carries TinyViT's ImageNet classifier
+    ignored_prefixes=("image_encoder.norm_head.", "image_encoder.head.")))
