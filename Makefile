@@ -1,0 +1,22 @@
+# The two commands of the README:  `make demo` (the main job) and `make test`.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install demo test bench
+
+# torch first: the CPU build when none is installed (pip would otherwise pick the multi-GB CUDA build)
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==2.13.*"
+	@$(PIP) install -q -e ".[dev]"
+
+demo: install
+	$(PYTHON) -m maskml segment examples/truck.jpg --model mobile_sam --point 500,375 \
+		--out out/truck_mask.png --overlay out/truck_overlay.jpg
+
+# pytest exits 5 when it collected nothing: that is a failure here, not a pass
+test: install
+	@$(PYTHON) -m pytest -q -p no:cacheprovider; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+bench: install
+	$(PYTHON) benchmarks/bench_sam.py

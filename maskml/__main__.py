@@ -1,0 +1,5 @@
+import sys
+
+from maskml.cli import main
+
+sys.exit(main())

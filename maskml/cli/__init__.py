@@ -1,0 +1,48 @@
+"""`maskml` command line: one sub-command per module in this package.
+
+Each module defines `register(subparsers)`, which adds its parser and sets
+`func=run`. Errors the user can fix (MaskmlError) print one line and exit 2;
+Ctrl-C exits 130 without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from maskml.errors import MaskmlError
+
+COMMANDS = ("segment", "track", "eval")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maskml", description="Promptable image and video object segmentation.")
+    parser.add_argument("--version", action="version", version=f"maskml {importlib.import_module('maskml').__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"maskml.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"maskml.cli.{name}":
+                raise
+            continue  # command not written yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except MaskmlError as exc:
+        print(f"maskml {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"maskml {args.command}: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Pictures for people: masks and prompts drawn over images (OpenCV drawing)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def palette_color(index: int) -> tuple[int, int, int]:
+    """RGB colour of object `index` in the DAVIS / PASCAL VOC palette (1 = dark red, 2 = green, ...)."""
+    r = g = b = 0
+    for bit in range(8):
+        r |= ((index >> 0) & 1) << (7 - bit)
+        g |= ((index >> 1) & 1) << (7 - bit)
+        b |= ((index >> 2) & 1) << (7 - bit)
+        index >>= 3
+    return r, g, b
+
+
+def draw_masks(image: np.ndarray, ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """H x W x 3 uint8 RGB with every object id > 0 of `ids` (H x W ints) tinted and outlined in its colour."""
+    out = image.copy()
+    for index in np.unique(ids):
+        if index == 0:
+            continue
+        region = ids == index
+        color = np.array(palette_color(int(index)), np.float32)
+        out[region] = (out[region] * (1 - alpha) + color * alpha).astype(np.uint8)
+        contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), thickness=2)
+    return out
+
+
+def draw_prompts(image: np.ndarray, points=(), labels=(), box=None) -> np.ndarray:
+    """Foreground clicks as green dots, background clicks as red dots, a box as a blue rectangle."""
+    out = np.ascontiguousarray(image.copy())
+    radius = max(4, round(min(out.shape[:2]) / 120))
+    for (x, y), label in zip(points, labels):
+        color = (0, 220, 0) if label == 1 else (230, 0, 0)
+        cv2.circle(out, (round(x), round(y)), radius + 2, (255, 255, 255), -1, cv2.LINE_AA)
+        cv2.circle(out, (round(x), round(y)), radius, color, -1, cv2.LINE_AA)
+    if box is not None:
+        x0, y0, x1, y1 = (round(v) for v in box)
+        cv2.rectangle(out, (x0, y0), (x1, y1), (30, 144, 255), 2, cv2.LINE_AA)
+    return out

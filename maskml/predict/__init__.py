@@ -1,0 +1,3 @@
+from maskml.predict.image import ImagePredictor, Prediction
+
+__all__ = ["ImagePredictor", "Prediction"]

@@ -1,0 +1,54 @@
+"""Shared test helpers: fixture paths and models loaded with the parity weights.
+
+Parity weights are written in the official checkpoint layout and loaded through
+maskml.load_model(name, checkpoint=path), the path users take.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+TESTS = Path(__file__).parent
+FIXTURES = TESTS / "fixtures"
+sys.path.insert(0, str(TESTS))
+
+from weights import fill_state_dict  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def manifest_keys(path: Path) -> dict[str, list[int]]:
+    return json.loads(path.read_text())["keys"]
+
+
+def write_parity_checkpoint(manifest: Path, dest: Path, wrap_key: str | None = None) -> Path:
+    state = fill_state_dict(manifest_keys(manifest))
+    torch.save({wrap_key: state} if wrap_key else state, dest)
+    return dest
+
+
+def unpack_masks(npz) -> np.ndarray:
+    shape = tuple(int(s) for s in npz["masks_shape"])
+    return np.unpackbits(npz["masks_packed"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+
+
+@pytest.fixture(scope="session")
+def sam_checkpoints(tmp_path_factory):
+    """Parity checkpoints of mobile_sam and sam_vit_b, written once per session."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "mobile_sam": write_parity_checkpoint(FIXTURES / "sam" / "manifest_vit_t.json", root / "mobile_sam.pt"),
+        "sam_vit_b": write_parity_checkpoint(FIXTURES / "sam" / "manifest_vit_b.json", root / "sam_vit_b_01ec64.pth"),
+    }
+
+
+@pytest.fixture(scope="session")
+def truck_image() -> np.ndarray:
+    from maskml.io.images import read_image
+
+    return read_image(FIXTURES / "sam" / "truck_1200x800.png")

@@ -1,0 +1,110 @@
+"""Model zoo: names, checkpoint files, the cache folder, downloads and readable load errors."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import maskml
+from maskml import MaskmlError
+from maskml.hub import download
+from maskml.zoo import ModelEntry, get_entry, load_model
+
+OFFICIAL = {
+    "sam_vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+    "sam_vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "sam_vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    "mobile_sam": "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+}
+
+
+def test_registry_has_official_files():
+    for name, url in OFFICIAL.items():
+        entry = get_entry(name)
+        assert entry.url == url
+        assert len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(MaskmlError, match=r"unknown model 'mobilesam'.*mobile_sam"):
+        load_model("mobilesam")
+
+
+def test_missing_and_corrupt_checkpoint_files(tmp_path):
+    with pytest.raises(MaskmlError, match="does not exist"):
+        load_model("sam_vit_b", checkpoint=tmp_path / "nope.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(MaskmlError, match="cannot read checkpoint"):
+        load_model("sam_vit_b", checkpoint=junk)
+
+
+def test_wrong_checkpoint_gives_one_readable_message(sam_checkpoints):
+    with pytest.raises(MaskmlError) as info:
+        load_model("mobile_sam", checkpoint=sam_checkpoints["sam_vit_b"])
+    message = str(info.value)
+    assert "does not fit mobile_sam" in message
+    assert "missing keys" in message and "unexpected keys" in message
+    assert "looks like a checkpoint for sam_vit_b" in message
+    assert "\n" not in message
+
+
+def test_cache_folder_is_used_without_checkpoint(tmp_path, monkeypatch, sam_checkpoints):
+    monkeypatch.setenv("MASKML_HOME", str(tmp_path))
+    (tmp_path / "mobile_sam.pt").write_bytes(sam_checkpoints["mobile_sam"].read_bytes())
+    model = load_model("mobile_sam", progress=False)
+    assert model.model_name == "mobile_sam"
+    assert not model.training
+
+
+def test_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKML_HOME", str(tmp_path))
+    entry = get_entry("sam_vit_b")
+    # port 9 (discard) on loopback refuses the connection, like an offline machine
+    offline = ModelEntry(entry.name, entry.builder, entry.config, "http://127.0.0.1:9/sam_vit_b_01ec64.pth",
+                         entry.sha256)
+    monkeypatch.setitem(maskml.zoo._REGISTRY, "sam_vit_b", offline)
+    with pytest.raises(MaskmlError) as info:
+        load_model("sam_vit_b", progress=False)
+    message = str(info.value)
+    assert "could not download sam_vit_b_01ec64.pth" in message
+    assert str(tmp_path / "sam_vit_b_01ec64.pth") in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """A real HTTP server on loopback serving tmp_path/'served'."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_checks_sha256_and_leaves_no_partial_file(file_server, tmp_path):
+    served, base = file_server
+    payload = torch.randn(1000).numpy().tobytes()
+    (served / "weights.pth").write_bytes(payload)
+    good = hashlib.sha256(payload).hexdigest()
+
+    dest = tmp_path / "cache" / "weights.pth"
+    assert download(f"{base}/weights.pth", dest, good, progress=False) == dest
+    assert dest.read_bytes() == payload
+
+    bad_dest = tmp_path / "cache2" / "weights.pth"
+    with pytest.raises(MaskmlError, match="SHA-256"):
+        download(f"{base}/weights.pth", bad_dest, "0" * 64, progress=False)
+    assert not bad_dest.exists() and list(bad_dest.parent.iterdir()) == []
+
+    with pytest.raises(MaskmlError, match="could not download"):
+        download(f"{base}/missing.pth", tmp_path / "cache3" / "missing.pth", good, progress=False)
