@@ -31,19 +31,14 @@ def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> 
 
 class Attention(nn.Module):
     """Multi-head self-attention on a (B, H, W, C) grid, optionally with decomposed
-    relative positions.
-
-    The relative-position term q·R_h[qy, ky] + q·R_w[qx, kx] is folded into the
-    dot product by appending one-hot key coordinates to k and the projected terms
-    to q, so scaled_dot_product_attention runs without a (HW x HW) bias tensor.
-    """
+    relative positions (MViTv2): the bias q·R_h[qy, ky] + q·R_w[qx, kx] is passed to
+    scaled_dot_product_attention as an additive mask, which runs its fused kernel."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, use_rel_pos: bool = False,
                  input_size: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.num_heads = num_heads
         head_dim = dim // num_heads
-        self.scale = head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.use_rel_pos = use_rel_pos
@@ -62,15 +57,10 @@ class Attention(nn.Module):
             table_h = relative_position_table(h, h, self.rel_pos_h)  # (h, h, d)
             table_w = relative_position_table(w, w, self.rel_pos_w)  # (w, w, d)
             grid_q = q.reshape(b, self.num_heads, h, w, -1)
-            rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h).reshape(b, self.num_heads, h * w, h)
-            rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w).reshape(b, self.num_heads, h * w, w)
-            ky = torch.arange(h, device=x.device).repeat_interleave(w)
-            kx = torch.arange(w, device=x.device).repeat(h)
-            onehot_y = F.one_hot(ky, h).to(q.dtype).expand(b, self.num_heads, -1, -1)
-            onehot_x = F.one_hot(kx, w).to(q.dtype).expand(b, self.num_heads, -1, -1)
-            q_ext = torch.cat([q * self.scale, rel_h, rel_w], dim=-1)
-            k_ext = torch.cat([k, onehot_y, onehot_x], dim=-1)
-            out = F.scaled_dot_product_attention(q_ext, k_ext, v, scale=1.0)
+            rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h)
+            rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w)
+            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, self.num_heads, h * w, h * w)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = out.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj(out)
 
