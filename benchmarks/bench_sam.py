@@ -1,0 +1,157 @@
+"""Speed of SAM / MobileSAM image segmentation: encoder (set_image) and per-prompt latency.
+
+    python benchmarks/bench_sam.py                          # maskml only
+    python benchmarks/bench_sam.py --official-src /tmp/ref  # also the official code, side by side
+
+--official-src is a folder holding checkouts of facebookresearch/segment-anything and
+ChaoningZhang/MobileSAM (as `facebookresearch+segment-anything`, `ChaoningZhang+MobileSAM` or
+`segment-anything`, `MobileSAM`); they import torchvision (and timm for MobileSAM), so run that
+variant in an environment that has them. Both implementations get the same random weights (timing
+does not depend on their values) and the outputs are compared. Each (model, implementation) runs in
+its own process so peak memory is its own. Medians over --runs runs after one warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFICIAL_DIRS = {"sam": ("facebookresearch+segment-anything", "segment-anything"),
+                 "mobile_sam": ("ChaoningZhang+MobileSAM", "MobileSAM")}
+OFFICIAL_BUILDERS = {"mobile_sam": "build_sam_vit_t", "sam_vit_b": "build_sam_vit_b", "sam_vit_l": "build_sam_vit_l",
+                     "sam_vit_h": "build_sam_vit_h"}
+
+
+def median_ms(fn, runs: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def test_image():
+    import numpy as np
+    from PIL import Image
+
+    return np.array(Image.open(ROOT / "examples" / "truck.jpg").convert("RGB").resize((1024, 1024), Image.BILINEAR))
+
+
+def official_model(name: str, src: Path):
+    package = "mobile_sam" if name == "mobile_sam" else "segment_anything"
+    candidates = OFFICIAL_DIRS["mobile_sam" if name == "mobile_sam" else "sam"]
+    root = next((src / c for c in candidates if (src / c / package).is_dir()), None)
+    if root is None:
+        raise SystemExit(f"no {package} checkout under {src} (looked for {', '.join(candidates)})")
+    sys.path.insert(0, str(root))
+    module = __import__(package)
+    model = getattr(module, OFFICIAL_BUILDERS[name])()
+    return module, model
+
+
+def worker(name: str, impl: str, runs: int, official_src: str | None, compare: bool) -> dict:
+    import numpy as np
+    import torch
+
+    import maskml
+
+    torch.manual_seed(0)
+    image = test_image()
+    point = np.array([[512.0, 400.0]])
+    label = np.array([1])
+    ours = maskml.build_model(name)
+    result = {"model": name, "impl": impl}
+    with torch.inference_mode():
+        if impl == "maskml":
+            predictor = maskml.ImagePredictor(ours)
+            result["set_image_ms"] = median_ms(lambda: predictor.set_image(image), runs)
+            result["predict_ms"] = median_ms(lambda: predictor.predict(points=point, labels=label), 5 * runs)
+            state = predictor._state
+            coords = predictor.backend.to_input_frame(torch.from_numpy(point), state).float()[None]
+            prompt = (coords, torch.ones(1, 1, dtype=torch.int32))
+            result["decoder_ms"] = median_ms(lambda: predictor.backend.decode(state, prompt, None, None, False), 5 * runs)
+        else:
+            module, official = official_model(name, Path(official_src))
+            missing, unexpected = official.load_state_dict(ours.state_dict(), strict=False)
+            assert all(k.startswith("image_encoder.") and ("head" in k) for k in missing), missing
+            assert not unexpected, unexpected
+            official.eval()  # rebuilds TinyViT's cached attention biases from the loaded ones
+            predictor = module.SamPredictor(official)
+            result["set_image_ms"] = median_ms(lambda: predictor.set_image(image), runs)
+            result["predict_ms"] = median_ms(
+                lambda: predictor.predict(point_coords=point, point_labels=label, multimask_output=False), 5 * runs)
+            coords = torch.as_tensor(predictor.transform.apply_coords(point, predictor.original_size)).float()[None]
+            labels_t = torch.ones(1, 1, dtype=torch.int)
+
+            def decode():
+                sparse, dense = official.prompt_encoder(points=(coords, labels_t), boxes=None, masks=None)
+                official.mask_decoder(predictor.features, official.prompt_encoder.get_dense_pe(), sparse, dense, False)
+
+            result["decoder_ms"] = median_ms(decode, 5 * runs)
+            if compare:
+                ours_predictor = maskml.ImagePredictor(ours)
+                ours_predictor.set_image(image)
+                a = ours_predictor.get_image_embedding()
+                result["embedding_max_abs_diff"] = float((a - predictor.features).abs().max())
+                mine = ours_predictor.predict(points=point, labels=label).logits
+                theirs = torch.as_tensor(predictor.predict(point, label, multimask_output=False, return_logits=True)[0])
+                result["logits_max_abs_diff"] = float((mine - theirs).abs().max())
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["mobile_sam", "sam_vit_b"])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--official-src", help="folder with the official checkouts, to time them side by side")
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "IMPL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(worker(*args.worker, args.runs, args.official_src, compare=True)))
+        return
+
+    import torch
+
+    print(f"torch {torch.__version__}, {args.threads} threads, CPU: {os.cpu_count()} cores visible; "
+          f"1024x1024 image, median of {args.runs} runs (predict/decoder: {5 * args.runs})")
+    rows = []
+    impls = ["maskml"] + (["official"] if args.official_src else [])
+    for name in args.models:
+        for impl in impls:
+            cmd = [sys.executable, __file__, "--worker", name, impl, "--runs", str(args.runs),
+                   "--threads", str(args.threads)] + (["--official-src", args.official_src] if args.official_src else [])
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"{name}/{impl} failed:\n{out.stderr}")
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    header = "| model | implementation | set_image (ms) | predict (ms) | decoder (ms) | peak RSS (MB) | encoder speed-up |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    official = {r["model"]: r for r in rows if r["impl"] == "official"}
+    for r in rows:
+        ref = official.get(r["model"])
+        speedup = f"{ref['set_image_ms'] / r['set_image_ms']:.2f}x" if ref and r["impl"] == "maskml" else ""
+        print(f"| {r['model']} | {r['impl']} | {r['set_image_ms']:.0f} | {r['predict_ms']:.1f} | {r['decoder_ms']:.1f} "
+              f"| {r['peak_rss_mb']:.0f} | {speedup} |")
+    for r in rows:
+        if "embedding_max_abs_diff" in r:
+            print(f"{r['model']}: maskml vs official, same weights: embedding max |diff| "
+                  f"{r['embedding_max_abs_diff']:.2e}, logits max |diff| {r['logits_max_abs_diff']:.2e}")
+
+
+if __name__ == "__main__":
+    main()
