@@ -80,7 +80,12 @@ class SamBackend:
         x = resized.permute(2, 0, 1)[None].float()
         x = (x - self.model.pixel_mean) / self.model.pixel_std
         x = F.pad(x, (0, self.image_size - input_size[1], 0, self.image_size - input_size[0]))
-        return {"embedding": self.model.embed_image(x), "original_size": (h, w), "input_size": input_size}
+        embedding = self.model.embed_image(x)
+        dense_pe = self.model.prompt_encoder.get_dense_pe()
+        _, no_mask = self.model.prompt_encoder(None, None, None)
+        cache = self.model.mask_decoder.transformer.image_cache(embedding + no_mask, dense_pe)
+        return {"embedding": embedding, "dense_pe": dense_pe, "decoder_cache": cache, "original_size": (h, w),
+                "input_size": input_size}
 
     def to_input_frame(self, coords: torch.Tensor, state: dict) -> torch.Tensor:
         """(..., 2) float64 original-image pixels -> the resized frame, one factor per axis from the
@@ -93,8 +98,9 @@ class SamBackend:
                mask_input: torch.Tensor | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts already in the input frame -> low-res logits (B, C, 256, 256), IoU (B, C)."""
         sparse, dense = self.model.prompt_encoder(points, boxes, mask_input)
-        out = self.model.mask_decoder(state["embedding"], self.model.prompt_encoder.get_dense_pe(), sparse, dense,
-                                      multimask_output=multimask)
+        cache = state["decoder_cache"] if mask_input is None else None
+        out = self.model.mask_decoder(state["embedding"], state["dense_pe"], sparse, dense,
+                                      multimask_output=multimask, image_cache=cache)
         return out.masks, out.iou_pred
 
     @torch.inference_mode()

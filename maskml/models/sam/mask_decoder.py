@@ -61,12 +61,15 @@ class MaskDecoder(nn.Module):
         self.stability_thresh = dynamic_multimask_stability_thresh
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
-                dense_prompt_embeddings: torch.Tensor, multimask_output: bool, repeat_image: bool = True,
-                high_res_features: list[torch.Tensor] | None = None) -> DecoderOutput:
-        """image_embeddings (1 or B, C, h, w); image_pe (1, C, h, w); sparse (B, N, C); dense (B, C, h, w)."""
+                dense_prompt_embeddings: torch.Tensor, multimask_output: bool,
+                high_res_features: list[torch.Tensor] | None = None, image_cache: dict | None = None
+                ) -> DecoderOutput:
+        """image_embeddings (1 or B, C, h, w); image_pe (1, C, h, w); sparse (B, N, C); dense (1 or B, C, h, w).
+        A batch of 1 is shared by all B prompts. image_cache: transformer.image_cache(image_embeddings +
+        dense, image_pe), valid while the dense embedding is the same for every prompt (no mask prompt)."""
         masks, iou_pred, mask_tokens_out, object_score_logits = self._predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, repeat_image,
-            high_res_features)
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, high_res_features,
+            image_cache)
         if multimask_output:
             masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
         elif self.dynamic_multimask_via_stability and not self.training:
@@ -79,24 +82,21 @@ class MaskDecoder(nn.Module):
             tokens = mask_tokens_out[:, :1]
         return DecoderOutput(masks, iou_pred, tokens, object_score_logits)
 
-    def _predict_masks(self, image_embeddings, image_pe, sparse, dense, repeat_image, high_res_features):
+    def _predict_masks(self, image_embeddings, image_pe, sparse, dense, high_res_features, image_cache):
         heads = [self.iou_token.weight, self.mask_tokens.weight]
         if self.pred_obj_scores:
             heads.insert(0, self.obj_score_token.weight)
         first = 1 if self.pred_obj_scores else 0
         output_tokens = torch.cat(heads).unsqueeze(0).expand(sparse.shape[0], -1, -1)
         tokens = torch.cat([output_tokens, sparse], dim=1)
-        batch = tokens.shape[0]
-        src = image_embeddings
-        if repeat_image and src.shape[0] != batch:
-            src = src.expand(batch, -1, -1, -1)
-        src = src + dense
-        pos = image_pe.expand(batch, -1, -1, -1)
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, pos, tokens)
+        src = image_embeddings + dense
+        _, c, h, w = src.shape
+        hs, keys = self.transformer(src, image_pe, tokens, image_cache)
         iou_token_out = hs[:, first]
         mask_tokens_out = hs[:, first + 1:first + 1 + self.num_mask_tokens]
-        src = src.transpose(1, 2).reshape(b, c, h, w)
+        # an NCHW view in channels-last memory order: no copy, and the transposed convolutions run
+        # several times faster on it than on contiguous NCHW
+        src = keys.reshape(hs.shape[0], h, w, c).permute(0, 3, 1, 2)
         if self.use_high_res_features:
             deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
             feat_s0, feat_s1 = high_res_features
@@ -107,7 +107,8 @@ class MaskDecoder(nn.Module):
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
                                dim=1)
         b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        pixels = upscaled.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view when channels-last
+        masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
         iou_pred = self.iou_prediction_head(iou_token_out)
         if self.pred_obj_scores:
             object_score_logits = self.pred_obj_score_head(hs[:, 0])

@@ -83,7 +83,8 @@ class PromptEncoder(nn.Module):
 
     def forward(self, points: tuple[torch.Tensor, torch.Tensor] | None, boxes: torch.Tensor | None,
                 masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """points: ((B, N, 2) coords in the 1024 frame, (B, N) labels); boxes (B, 4); masks (B, 1, 256, 256)."""
+        """points: ((B, N, 2) coords in the 1024 frame, (B, N) labels); boxes (B, 4); masks (B, 1, 256, 256).
+        Without masks the dense embedding is the same for every prompt and has a batch of 1."""
         if points is not None:
             batch = points[0].shape[0]
         elif boxes is not None:
@@ -102,5 +103,5 @@ class PromptEncoder(nn.Module):
         if masks is not None:
             dense = self.mask_downscaling(masks)
         else:
-            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, *self.image_embedding_size)
+            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *self.image_embedding_size)
         return sparse, dense

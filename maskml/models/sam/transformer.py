@@ -28,11 +28,23 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+    def project_q(self, q: torch.Tensor) -> torch.Tensor:
+        return self._heads(self.q_proj(q))
+
+    def project_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None,
+                q_heads: torch.Tensor | None = None, kv_heads: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        """q_heads / kv_heads: projections computed earlier (see TwoWayTransformer.image_cache); a batch of 1
+        there is shared by every prompt of the batch."""
+        q = self.project_q(q) if q_heads is None else q_heads
+        k, v = self.project_kv(k, v) if kv_heads is None else kv_heads
+        batch = max(q.shape[0], k.shape[0])
+        q, k, v = q.expand(batch, -1, -1, -1), k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
         out = F.scaled_dot_product_attention(q, k, v)
-        b, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
+        return self.out_proj(out.transpose(1, 2).reshape(batch, -1, self.internal_dim))
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -52,19 +64,28 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
+    def image_cache(self, keys: torch.Tensor, key_pe: torch.Tensor) -> dict:
+        """The projections of the image tokens, which do not depend on the prompt."""
+        k = keys + key_pe
+        return {"token_to_image": self.cross_attn_token_to_image.project_kv(k, keys),
+                "image_to_token": self.cross_attn_image_to_token.project_q(k)}
+
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
-                key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                key_pe: torch.Tensor, cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
             q = queries + query_pe
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
-        q, k = queries + query_pe, keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        q = queries + query_pe
+        k = keys + key_pe if cache is None else None
+        kv = cache["token_to_image"] if cache else None
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys, kv_heads=kv))
         queries = self.norm3(queries + self.mlp(queries))
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        q_heads = cache["image_to_token"] if cache else None
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries, q_heads=q_heads))
         return queries, keys
 
 
@@ -80,14 +101,19 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
-                point_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding, image_pe: (B, C, H, W); point_embedding: (B, N, C).
-        Returns the updated tokens (B, N, C) and image tokens (B, HW, C)."""
+    def image_cache(self, image_embedding: torch.Tensor, image_pe: torch.Tensor) -> dict:
+        """Work of the first layer that depends on the image alone, for forward(cache=...): when every
+        prompt of an image sees the same image tokens (no mask prompt), it is done once per image."""
+        return self.layers[0].image_cache(image_embedding.flatten(2).transpose(1, 2), image_pe.flatten(2).transpose(1, 2))
+
+    def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor,
+                cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_embedding, image_pe: (B or 1, C, H, W); point_embedding: (B, N, C); cache from image_cache()
+        of this image embedding. Returns the updated tokens (B, N, C) and image tokens (B, HW, C)."""
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(queries, keys, point_embedding, key_pe, cache if i == 0 else None)
         attn = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
         return self.norm_final_attn(queries + attn), keys
