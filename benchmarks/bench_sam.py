@@ -9,6 +9,10 @@ ChaoningZhang/MobileSAM (as `facebookresearch+segment-anything`, `ChaoningZhang+
 variant in an environment that has them. Both implementations get the same random weights (timing
 does not depend on their values) and the outputs are compared. Each (model, implementation) runs in
 its own process so peak memory is its own. Medians over --runs runs after one warm-up.
+
+maskml keeps freed CPU memory for reuse (maskml/runtime.py); the row "official+malloc" runs the
+official code with the same allocator setting (through glibc's environment variables), so the
+table separates that gain from the implementation's own.
 """
 from __future__ import annotations
 
@@ -79,7 +83,7 @@ def worker(name: str, impl: str, runs: int, official_src: str | None, compare: b
             coords = predictor.backend.to_input_frame(torch.from_numpy(point), state).float()[None]
             prompt = (coords, torch.ones(1, 1, dtype=torch.int32))
             result["decoder_ms"] = median_ms(lambda: predictor.backend.decode(state, prompt, None, None, False), 5 * runs)
-        else:
+        else:  # "official" or "official+malloc"
             module, official = official_model(name, Path(official_src))
             missing, unexpected = official.load_state_dict(ours.state_dict(), strict=False)
             assert all(k.startswith("image_encoder.") and ("head" in k) for k in missing), missing
@@ -129,26 +133,32 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, CPU: {os.cpu_count()} cores visible; "
           f"1024x1024 image, median of {args.runs} runs (predict/decoder: {5 * args.runs})")
     rows = []
-    impls = ["maskml"] + (["official"] if args.official_src else [])
+    impls = ["maskml"] + (["official", "official+malloc"] if args.official_src else [])
     for name in args.models:
         for impl in impls:
             cmd = [sys.executable, __file__, "--worker", name, impl, "--runs", str(args.runs),
                    "--threads", str(args.threads)] + (["--official-src", args.official_src] if args.official_src else [])
-            out = subprocess.run(cmd, capture_output=True, text=True)
+            env = dict(os.environ)
+            if impl == "official+malloc":  # what maskml.runtime.keep_freed_memory() sets with mallopt
+                env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 raise SystemExit(f"{name}/{impl} failed:\n{out.stderr}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    header = "| model | implementation | set_image (ms) | predict (ms) | decoder (ms) | peak RSS (MB) | encoder speed-up |"
+    header = ("| model | implementation | set_image (ms) | predict (ms) | decoder (ms) | peak RSS (MB) "
+              "| encoder speed-up vs official | vs official+malloc |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     official = {r["model"]: r for r in rows if r["impl"] == "official"}
+    official_malloc = {r["model"]: r for r in rows if r["impl"] == "official+malloc"}
     for r in rows:
-        ref = official.get(r["model"])
-        speedup = f"{ref['set_image_ms'] / r['set_image_ms']:.2f}x" if ref and r["impl"] == "maskml" else ""
+        speedups = []
+        for ref in (official.get(r["model"]), official_malloc.get(r["model"])):
+            speedups.append(f"{ref['set_image_ms'] / r['set_image_ms']:.2f}x" if ref and r["impl"] == "maskml" else "")
         print(f"| {r['model']} | {r['impl']} | {r['set_image_ms']:.0f} | {r['predict_ms']:.1f} | {r['decoder_ms']:.1f} "
-              f"| {r['peak_rss_mb']:.0f} | {speedup} |")
+              f"| {r['peak_rss_mb']:.0f} | {speedups[0]} | {speedups[1]} |")
     for r in rows:
-        if "embedding_max_abs_diff" in r:
+        if "embedding_max_abs_diff" in r and r["impl"] == "official":
             print(f"{r['model']}: maskml vs official, same weights: embedding max |diff| "
                   f"{r['embedding_max_abs_diff']:.2e}, logits max |diff| {r['logits_max_abs_diff']:.2e}")
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from maskml.errors import MaskmlError
 from maskml.models.sam import Sam
 from maskml.predict.resize import longest_side_shape, resize_bilinear_like_pillow
+from maskml.runtime import keep_freed_memory
 
 
 @dataclass
@@ -123,6 +124,7 @@ def backend_for(model) -> SamBackend:
 
 class ImagePredictor:
     def __init__(self, model) -> None:
+        keep_freed_memory()
         self.model = model
         self.backend = backend_for(model)
         self._state: dict | None = None
