@@ -80,3 +80,28 @@ def test_failed_write_keeps_earlier_outputs_untouched(tmp_path):
             raise RuntimeError("interrupted")
     assert first.read_text() == "earlier result" and not second.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_everything_writes_coco_rle_json_and_overlay(tmp_path, sam_checkpoints, truck_image):
+    import json
+
+    from maskml.io.rle import decode_rle
+
+    out, overlay = tmp_path / "masks.json", tmp_path / "all.png"
+    rc = main(["segment", str(IMAGE), "--model", "mobile_sam", "--checkpoint", str(sam_checkpoints["mobile_sam"]),
+               "--everything", "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+               "--out", str(out), "--overlay", str(overlay)])
+    assert rc == 0
+    records = json.loads(out.read_text())
+    assert records and all(set(r) == {"segmentation", "area", "bbox", "predicted_iou", "point_coords",
+                                      "stability_score", "crop_box"} for r in records)
+    assert all(int(decode_rle(r["segmentation"]).sum()) == r["area"] for r in records)
+    assert Image.open(overlay).size == (1200, 800)
+
+
+def test_everything_rejects_prompts_and_wrong_suffix(tmp_path, capsys):
+    assert main(["segment", str(IMAGE), "--everything", "--point", "1,1", "--out", str(tmp_path / "m.json")]) == 2
+    assert main(["segment", str(IMAGE), "--everything", "--out", str(tmp_path / "m.png")]) == 2
+    err = capsys.readouterr().err
+    assert "drop --point/--box" in err and "is a .json file" in err
+    assert list(tmp_path.iterdir()) == []

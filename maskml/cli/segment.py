@@ -43,6 +43,10 @@ def register(subparsers) -> None:
     p.add_argument("--multimask", action="store_true", help="predict 3 masks and keep the best-scoring one")
     p.add_argument("--everything", action="store_true", help="segment everything (automatic masks) into a JSON file")
     p.add_argument("--points-per-side", type=int, default=32, help="with --everything: point grid size (default 32)")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88,
+                   help="with --everything: keep masks whose predicted IoU is above this (default 0.88)")
+    p.add_argument("--stability-score-thresh", type=float, default=0.95,
+                   help="with --everything: keep masks at least this stable (default 0.95)")
     p.add_argument("--out", required=True, help="MASK.png (0/255), or OUT.json with --everything")
     p.add_argument("--logits", help="also write the mask logits, float32 .npy of shape (C, H, W)")
     p.add_argument("--overlay", help="also write the image with the mask(s) drawn on it (.jpg/.png)")
@@ -72,6 +76,8 @@ def check_arguments(args, height: int, width: int):
         if not (0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height):
             raise MaskmlError(f"--box {args.box!r} is outside the {width}x{height} image")
     if args.everything:
+        if args.points_per_side < 1:
+            raise MaskmlError(f"--points-per-side must be a positive number, got {args.points_per_side}")
         if points or box is not None:
             raise MaskmlError("--everything segments the whole image: drop --point/--box")
         if Path(args.out).suffix.lower() != ".json":
@@ -100,8 +106,9 @@ def run(args) -> None:
     model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
 
     if args.everything:
-        records = maskml.AutomaticMaskGenerator(model, points_per_side=args.points_per_side, output_mode="coco_rle",
-                                                progress=True).generate(image)
+        records = maskml.AutomaticMaskGenerator(
+            model, points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
+            stability_score_thresh=args.stability_score_thresh, output_mode="coco_rle", progress=True).generate(image)
         outputs = [args.out] + ([args.overlay] if args.overlay else [])
         with atomic_paths(*outputs) as temps:
             temps[0].write_text(json.dumps(records))
