@@ -98,7 +98,7 @@ def run(args) -> None:
 
     import maskml
     from maskml.io.draw import draw_masks
-    from maskml.io.masks import write_mask
+    from maskml.io.masks import save_mask
     from maskml.io.video import VideoWriter, atomic_dir, open_video
 
     options = parse_options(args.option)
@@ -131,7 +131,7 @@ def run(args) -> None:
                 probs = np.zeros((len(all_ids), height, width), np.float16)
                 for channel, obj in enumerate(result.object_ids):
                     probs[all_ids.index(obj)] = result.probs[channel].cpu().numpy()
-            write_mask(out_dir / f"{name}.png", labels, atomic=False)
+            save_mask(out_dir / f"{name}.png", labels)
             if probs_dir is not None:
                 np.save(probs_dir / f"{name}.npy", probs)
             if video is not None:

@@ -1,0 +1,59 @@
+"""Object-id masks as DAVIS-style indexed PNGs: palette index = object id, 0 = background."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from maskml.errors import MaskmlError
+from maskml.io.draw import palette_color
+from maskml.io.images import atomic_path
+
+DAVIS_PALETTE = [c for index in range(256) for c in palette_color(index)]
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """H x W uint8 object ids. Indexed PNG: the palette index is the id, whatever the palette.
+    Grayscale (e.g. 0/255) or black-and-white: nonzero is object 1. RGB: colours of the DAVIS
+    palette map to their index."""
+    path = Path(path)
+    if not path.is_file():
+        raise MaskmlError(f"mask {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode == "P":
+                return np.array(im)
+            if mode in ("1", "L", "I", "I;16", "LA"):
+                return (np.array(im.convert("L")) > 0).astype(np.uint8)
+            rgb = np.array(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise MaskmlError(f"cannot read mask {path}: {exc}") from None
+    codes = rgb.astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
+    palette = np.array(DAVIS_PALETTE, np.int64).reshape(256, 3) @ np.array([1 << 16, 1 << 8, 1])
+    lookup = {int(code): index for index, code in enumerate(palette)}
+    ids = np.zeros(codes.shape, np.uint8)
+    for code in np.unique(codes):
+        if int(code) not in lookup:
+            r, g, b = int(code) >> 16, (int(code) >> 8) & 255, int(code) & 255
+            raise MaskmlError(f"mask {path} is an RGB image with colour ({r}, {g}, {b}), which is not a DAVIS "
+                              f"palette colour: save masks as indexed PNGs (palette index = object id)")
+        ids[codes == code] = lookup[int(code)]
+    return ids
+
+
+def save_mask(path: str | Path, ids: np.ndarray) -> None:
+    """Write H x W object ids (0..255) as an indexed PNG with the DAVIS palette (no temporary name)."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() > 255):
+        raise MaskmlError(f"object ids must be 0..255 to fit an indexed PNG, got {ids.min()}..{ids.max()}")
+    image = Image.fromarray(ids.astype(np.uint8), mode="P")
+    image.putpalette(DAVIS_PALETTE)
+    image.save(path, format="PNG")
+
+
+def write_mask(path: str | Path, ids: np.ndarray) -> None:
+    """save_mask through a temporary name: the file appears only when complete."""
+    with atomic_path(path) as tmp:
+        save_mask(tmp, ids)
