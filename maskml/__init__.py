@@ -1,9 +1,10 @@
 """maskml: promptable image and video object segmentation in native PyTorch."""
 from maskml.errors import MaskmlError
 from maskml.predict.automatic import AutomaticMaskGenerator
+from maskml.predict.cutie import TrackerOutput, VideoTracker
 from maskml.predict.image import ImagePredictor, Prediction
 from maskml.zoo import build_model, list_models, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["AutomaticMaskGenerator", "ImagePredictor", "MaskmlError", "Prediction", "build_model", "list_models", "load_model", "__version__"]
+__all__ = ["AutomaticMaskGenerator", "ImagePredictor", "MaskmlError", "Prediction", "TrackerOutput", "VideoTracker", "build_model", "list_models", "load_model", "__version__"]

@@ -25,14 +25,17 @@ def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, sha256: str | None, progress: bool = True, timeout: float = 30.0) -> Path:
+def download(url: str, dest: Path, sha256: str | None, progress: bool = True, timeout: float = 30.0,
+             md5: str | None = None) -> Path:
     """Download `url` to `dest` (through a temporary name, so an interrupted download leaves nothing),
-    checking the SHA-256 before the file takes its final name."""
+    checking the SHA-256 (or, for releases that publish only that, the MD5) before the file takes
+    its final name."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
     hint = (f"Download it by hand from {url} and put it at {dest} "
             f"(or set MASKML_HOME, or pass an explicit checkpoint path).")
-    digest = hashlib.sha256()
+    algorithm, expected = ("sha256", sha256) if sha256 or not md5 else ("md5", md5)
+    digest = hashlib.new(algorithm)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -48,17 +51,17 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True, ti
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    if sha256 and digest.hexdigest() != sha256:
+    if expected and digest.hexdigest() != expected:
         partial.unlink(missing_ok=True)
-        raise MaskmlError(f"downloaded {dest.name} has SHA-256 {digest.hexdigest()}, expected {sha256}: "
+        raise MaskmlError(f"downloaded {dest.name} has {algorithm.upper()} {digest.hexdigest()}, expected {expected}: "
                           f"the file is corrupt or not the official release. {hint}")
     os.replace(partial, dest)
     return dest
 
 
-def cached_file(filename: str, url: str, sha256: str | None, progress: bool = True) -> Path:
+def cached_file(filename: str, url: str, sha256: str | None, progress: bool = True, md5: str | None = None) -> Path:
     """Path of `filename` in the cache folder, downloading it there first if it is missing."""
     path = cache_dir() / filename
     if path.is_file():
         return path
-    return download(url, path, sha256, progress=progress)
+    return download(url, path, sha256, progress=progress, md5=md5)

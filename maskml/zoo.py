@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,11 @@ class ModelEntry:
     builder: str  # "module:function", called with **config
     config: dict[str, Any]
     url: str
-    sha256: str
+    sha256: str  # "" when the release publishes no SHA-256 (then md5, if published, is checked)
     description: str = ""
     state_dict_key: str | None = None  # the file holds {key: state_dict} instead of the state dict itself
     ignored_prefixes: tuple[str, ...] = ()  # tensors in the official file the architecture does not use
-    tags: tuple[str, ...] = field(default_factory=tuple)
+    md5: str = ""
 
     @property
     def filename(self) -> str:
@@ -143,7 +143,7 @@ def load_model(name: str, checkpoint: str | Path | None = None, device: str | to
     ($MASKML_HOME, default ~/.cache/maskml), downloading them there if needed."""
     entry = get_entry(name)
     path = Path(checkpoint) if checkpoint is not None else cached_file(entry.filename, entry.url, entry.sha256,
-                                                                      progress=progress)
+                                                                      progress=progress, md5=entry.md5)
     state = read_checkpoint(entry, path)
     model = build_model(name)
     load_state(model, entry, state, str(path))
@@ -178,3 +178,15 @@ register(ModelEntry(
     "MobileSAM: TinyViT-5M encoder distilled from SAM ViT-H, SAM's decoder",
     # the released file still carries TinyViT's ImageNet classifier
     ignored_prefixes=("image_encoder.norm_head.", "image_encoder.head.")))
+
+_CUTIE = "maskml.models.cutie.cutie:build_cutie"
+_CUTIE_URL = "https://github.com/hkchengrex/Cutie/releases/download/v1.0/"
+# The Cutie release publishes an MD5 for the base model only (cutie/utils/download_models.py)
+register(ModelEntry(
+    "cutie_small", _CUTIE, dict(size="small"), _CUTIE_URL + "cutie-small-mega.pth", "",
+    "Cutie small (ResNet-18 pixel encoder), trained on the MEGA data mix",
+    ignored_prefixes=("aux_computer.",)))
+register(ModelEntry(
+    "cutie_base", _CUTIE, dict(size="base"), _CUTIE_URL + "cutie-base-mega.pth", "",
+    "Cutie base (ResNet-50 pixel encoder), trained on the MEGA data mix",
+    ignored_prefixes=("aux_computer.",), md5="a6071de6136982e396851903ab4c083a"))

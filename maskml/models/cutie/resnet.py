@@ -1,0 +1,75 @@
+"""ResNet-18/50 trunks (conv1 .. layer3) as Cutie uses them; keys as in torchvision's ResNet."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+def make_layer(block, inplanes: int, planes: int, blocks: int, stride: int = 1) -> tuple[nn.Sequential, int]:
+    downsample = None
+    if stride != 1 or inplanes != planes * block.expansion:
+        downsample = nn.Sequential(nn.Conv2d(inplanes, planes * block.expansion, 1, stride, bias=False),
+                                   nn.BatchNorm2d(planes * block.expansion))
+    layers = [block(inplanes, planes, stride, downsample)]
+    inplanes = planes * block.expansion
+    layers += [block(inplanes, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers), inplanes
+
+
+class ResNetTrunk(nn.Module):
+    """conv1, bn1, (maxpool), layer1..layer3 of ResNet-18 ("resnet18") or ResNet-50 ("resnet50").
+    `first_layer_name` is "layer1", or "res2" for Cutie's pixel encoder."""
+
+    def __init__(self, kind: str, in_chans: int = 3, first_layer_name: str = "layer1") -> None:
+        super().__init__()
+        block, depths = {"resnet18": (BasicBlock, (2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6))}[kind]
+        self.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        layer1, planes = make_layer(block, 64, 64, depths[0])
+        self.first_layer_name = first_layer_name
+        self.add_module(first_layer_name, layer1)
+        self.layer2, planes = make_layer(block, planes, 128, depths[1], stride=2)
+        self.layer3, planes = make_layer(block, planes, 256, depths[2], stride=2)
+        self.out_dims = (planes, planes // 2, planes // 4)  # stride 16, 8, 4
+
+    @property
+    def first_layer(self) -> nn.Sequential:
+        return getattr(self, self.first_layer_name)

@@ -1,0 +1,3 @@
+from maskml.predict.cutie.tracker import TrackerOutput, VideoTracker
+
+__all__ = ["TrackerOutput", "VideoTracker"]
