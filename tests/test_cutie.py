@@ -82,6 +82,8 @@ def test_options_delete_and_reset(checkpoints):
         maskml.VideoTracker(model, long_term={"max_frames": 3})
     with pytest.raises(MaskmlError, match="must be int"):
         maskml.VideoTracker(model, top_k="many")
+    with pytest.raises(MaskmlError, match="min_mem_frames < long_term.max_mem_frames"):
+        maskml.VideoTracker(model, use_long_term=True, long_term={"max_mem_frames": 4})
     tracker = maskml.VideoTracker(model, mem_every=2, use_long_term=True,
                                   long_term={"max_mem_frames": 3, "min_mem_frames": 2, "num_prototypes": 16})
     spec = CASES["cutie_small_judo10_add_objects"]

@@ -214,7 +214,7 @@ class Memory:
         key, shrinkage = bucket.key[..., p:p + count], bucket.shrinkage[..., p:p + count]
         selection = bucket.selection[..., :count]
         usage = bucket.use_count[:, :count] / bucket.life_count[:, :count]
-        chosen = torch.topk(usage, k=self.num_prototypes, dim=-1, sorted=True).indices
+        chosen = torch.topk(usage, k=min(self.num_prototypes, count), dim=-1, sorted=True).indices
         proto_key = torch.stack([key[b][:, c] for b, c in enumerate(chosen)])
         proto_selection = torch.stack([selection[b][:, c] for b, c in enumerate(chosen)])
         affinity = dense_softmax(similarity(key, shrinkage, proto_key, proto_selection))  # (B, count, P)

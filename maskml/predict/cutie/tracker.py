@@ -59,6 +59,10 @@ def resolve_options(options: dict) -> dict:
     merge(resolved, options, "")
     if resolved["mem_every"] < 1 or resolved["max_mem_frames"] < 2 or resolved["top_k"] < 1:
         raise MaskmlError("tracker options need mem_every >= 1, max_mem_frames >= 2 and top_k >= 1")
+    long_term = resolved["long_term"]
+    if resolved["use_long_term"] and not 1 <= long_term["min_mem_frames"] < long_term["max_mem_frames"]:
+        raise MaskmlError(f"long-term memory needs 1 <= long_term.min_mem_frames < long_term.max_mem_frames, got "
+                          f"{long_term['min_mem_frames']} and {long_term['max_mem_frames']}: set both")
     return resolved
 
 
