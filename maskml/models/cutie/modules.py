@@ -130,10 +130,14 @@ class PixelEncoder(ResNetTrunk):
         super().__init__(kind, 3, first_layer_name="res2")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # the trunk runs faster in channels-last order (convolutions, and max-pooling by far); the
+        # rest of the network mixes object groups in, so the features go back to contiguous NCHW
+        x = x.contiguous(memory_format=torch.channels_last)
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
         f4 = self.res2(x)
         f8 = self.layer2(f4)
-        return self.layer3(f8), f8, f4
+        f16 = self.layer3(f8)
+        return f16.contiguous(), f8.contiguous(), f4.contiguous()
 
 
 class KeyProjection(nn.Module):
@@ -163,8 +167,9 @@ class MaskEncoder(ResNetTrunk):
                 others: torch.Tensor, deep_update: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         b, n = masks.shape[:2]
         g = torch.cat([image.unsqueeze(1).expand(-1, n, -1, -1, -1), masks.unsqueeze(2), others.unsqueeze(2)], 2)
-        g = F.relu(F.max_pool2d(self.bn1(self.conv1(g.flatten(0, 1))), 3, 2, 1))
-        g = self.layer3(self.layer2(self.layer1(g)))
+        g = g.flatten(0, 1).contiguous(memory_format=torch.channels_last)  # as in PixelEncoder
+        g = F.relu(F.max_pool2d(self.bn1(self.conv1(g)), 3, 2, 1))
+        g = self.layer3(self.layer2(self.layer1(g))).contiguous()
         g = self.fuser(pix_feat, g.view(b, n, *g.shape[1:]))
         new_sensory = self.sensory_update(g, sensory) if deep_update else sensory
         return g, new_sensory

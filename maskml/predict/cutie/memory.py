@@ -11,32 +11,37 @@ import torch
 
 def similarity(mem_key: torch.Tensor, mem_shrinkage: torch.Tensor, query_key: torch.Tensor,
                query_selection: torch.Tensor) -> torch.Tensor:
-    """Anisotropic negative squared L2 distance (B, N_mem, HW), scaled by the memory shrinkage."""
-    mk = mem_key.transpose(1, 2)  # (B, N, CK)
-    a_sq = mk.pow(2) @ query_selection
-    two_ab = 2 * (mk @ (query_key * query_selection))
-    b_sq = (query_selection * query_key.pow(2)).sum(1, keepdim=True)
-    return (-a_sq + two_ab - b_sq) * mem_shrinkage.transpose(1, 2) / math.sqrt(mem_key.shape[1])
+    """Anisotropic negative squared L2 distance, scaled by the memory shrinkage: (B, HW, N_mem)
+    (query pixels first, so that top-k runs along contiguous memory)."""
+    qe = query_selection.transpose(1, 2)  # (B, HW, CK)
+    qk = query_key.transpose(1, 2)
+    a_sq = qe @ mem_key.pow(2)
+    two_ab = 2 * ((qk * qe) @ mem_key)
+    b_sq = (qe * qk.pow(2)).sum(-1, keepdim=True)
+    return (-a_sq + two_ab - b_sq) * mem_shrinkage / math.sqrt(mem_key.shape[1])
 
 
 def topk_softmax(sim: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax over the top_k memory entries of each query pixel (exp without max subtraction, as
-    the original). Returns weights and indices, both (B, k, HW)."""
-    values, indices = torch.topk(sim, k=min(top_k, sim.shape[1]), dim=1)
+    the original). Returns weights and indices, both (B, HW, k)."""
+    values, indices = torch.topk(sim, k=min(top_k, sim.shape[-1]), dim=-1)
     weights = values.exp()
-    return weights / weights.sum(dim=1, keepdim=True), indices
+    return weights / weights.sum(dim=-1, keepdim=True), indices
 
 
 def sparse_readout(value: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """value (B, C, N) read at the top-k entries: (B, C, HW), without forming the N x HW affinity."""
+    """value (B, C, N) read at the top-k entries: (B, C, HW), without forming the N x HW affinity:
+    the k memory rows of each pixel are gathered whole and mixed by one small matrix product."""
     out = []
     for b in range(value.shape[0]):
-        out.append((value[b][:, indices[b]] * weights[b]).sum(dim=1))
+        rows = value[b].t().contiguous()[indices[b]]  # (HW, k, C)
+        out.append(torch.bmm(weights[b].unsqueeze(1), rows).squeeze(1).t())
     return torch.stack(out)
 
 
 def dense_softmax(sim: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(sim, dim=1)
+    """Full softmax over memory entries of (B, queries, N) similarities."""
+    return torch.softmax(sim, dim=-1)
 
 
 @dataclass
@@ -149,8 +154,8 @@ class Memory:
     def engaged(self) -> bool:
         return bool(self.buckets)
 
-    def read(self, query_key: torch.Tensor, query_selection: torch.Tensor, objects_of_bucket) -> dict[int, torch.Tensor]:
-        """Pixel readout per object: {obj: (B, CV, HW)}; objects_of_bucket(bucket) selects which to read."""
+    def read(self, query_key: torch.Tensor, query_selection: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Pixel readout of every object in memory: {obj: (B, CV, HW)}."""
         qk, qe = query_key.flatten(2), query_selection.flatten(2)
         readout = {}
         for bucket_id, bucket in self.buckets.items():
@@ -163,13 +168,15 @@ class Memory:
             weights, indices = topk_softmax(similarity(key, shrinkage, qk, qe), self.top_k)
             if self.use_long_term:
                 self._count_usage(bucket_id, bucket, weights, indices, key.shape[-1], long_size)
-            for obj in bucket.objects:
-                readout[obj] = sparse_readout(values[obj], weights, indices)
+            # one gather for all objects of the bucket: they share keys, hence indices and weights
+            stacked = sparse_readout(torch.cat([values[obj] for obj in bucket.objects], dim=1), weights, indices)
+            for obj, part in zip(bucket.objects, stacked.chunk(len(bucket.objects), dim=1)):
+                readout[obj] = part
         return readout
 
     def _count_usage(self, bucket_id, bucket, weights, indices, size, long_size) -> None:
         usage = torch.zeros(weights.shape[0], size, device=weights.device).scatter_add_(
-            1, indices.flatten(1), weights.flatten(1))
+            1, indices.flatten(1), weights.flatten(1))  # summed over query pixels
         work = usage[:, long_size + bucket.permanent:]
         if work.shape[-1]:
             bucket.use_count += work
@@ -217,9 +224,9 @@ class Memory:
         chosen = torch.topk(usage, k=min(self.num_prototypes, count), dim=-1, sorted=True).indices
         proto_key = torch.stack([key[b][:, c] for b, c in enumerate(chosen)])
         proto_selection = torch.stack([selection[b][:, c] for b, c in enumerate(chosen)])
-        affinity = dense_softmax(similarity(key, shrinkage, proto_key, proto_selection))  # (B, count, P)
-        proto_values = {obj: v[..., p:p + count] @ affinity for obj, v in bucket.values.items()}
-        proto_shrinkage = shrinkage @ affinity
+        affinity = dense_softmax(similarity(key, shrinkage, proto_key, proto_selection))  # (B, P, count)
+        proto_values = {obj: v[..., p:p + count] @ affinity.transpose(1, 2) for obj, v in bucket.values.items()}
+        proto_shrinkage = shrinkage @ affinity.transpose(1, 2)
         bucket.remove(0, count)
         self.long.add(bucket_id, proto_key, proto_shrinkage, proto_values)
 
