@@ -189,15 +189,18 @@ class VideoTracker:
         sensory = self.memory.sensory_of(self.objects, key, self.model.sensory_dim)
         obj_memory = torch.stack([self.memory.object_memory[obj] for obj in self.objects], dim=1)
         readout_all = None
-        # fusion and the object transformer run bucket by bucket, as in the original: the transformer's
-        # attention masks compare the objects given to it together
+        # fusion and the object transformer run bucket by bucket (and chunk_size objects at a time), as
+        # in the original: the transformer's attention masks compare the objects given to it together
+        chunk = self.options["chunk_size"]
         for bucket in self.memory.buckets.values():
-            idx = [self.objects.index(o) for o in bucket.objects]
-            value = self.model.read_memory(pixel[:, idx], pix_feat, sensory[:, idx], self.last_mask[:, idx],
-                                           obj_memory[:, idx])
-            if readout_all is None:
-                readout_all = value.new_empty(b, len(self.objects), *value.shape[2:])
-            readout_all[:, idx] = value
+            step = chunk if chunk >= 1 else len(bucket.objects)
+            for start in range(0, len(bucket.objects), step):
+                idx = [self.objects.index(o) for o in bucket.objects[start:start + step]]
+                value = self.model.read_memory(pixel[:, idx], pix_feat, sensory[:, idx], self.last_mask[:, idx],
+                                               obj_memory[:, idx])
+                if readout_all is None:
+                    readout_all = value.new_empty(b, len(self.objects), *value.shape[2:])
+                readout_all[:, idx] = value
         sensory, _, prob = self.model.segment(ms_features, readout_all, sensory, update_sensory=update_sensory)
         if update_sensory:
             self.memory.set_sensory(sensory, self.objects)
