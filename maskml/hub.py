@@ -53,7 +53,8 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True, ti
         raise
     if expected and digest.hexdigest() != expected:
         partial.unlink(missing_ok=True)
-        raise MaskmlError(f"downloaded {dest.name} has {algorithm.upper()} {digest.hexdigest()}, expected {expected}: "
+        label = {"sha256": "SHA-256", "md5": "MD5"}[algorithm]
+        raise MaskmlError(f"downloaded {dest.name} has {label} {digest.hexdigest()}, expected {expected}: "
                           f"the file is corrupt or not the official release. {hint}")
     os.replace(partial, dest)
     return dest

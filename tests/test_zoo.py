@@ -106,5 +106,11 @@ def test_download_checks_sha256_and_leaves_no_partial_file(file_server, tmp_path
         download(f"{base}/weights.pth", bad_dest, "0" * 64, progress=False)
     assert not bad_dest.exists() and list(bad_dest.parent.iterdir()) == []
 
+    # releases that publish only an MD5 (Cutie) are checked against it
+    md5_dest = tmp_path / "cache4" / "weights.pth"
+    assert download(f"{base}/weights.pth", md5_dest, "", progress=False, md5=hashlib.md5(payload).hexdigest()) == md5_dest
+    with pytest.raises(MaskmlError, match="MD5"):
+        download(f"{base}/weights.pth", tmp_path / "cache5" / "weights.pth", "", progress=False, md5="0" * 32)
+
     with pytest.raises(MaskmlError, match="could not download"):
         download(f"{base}/missing.pth", tmp_path / "cache3" / "missing.pth", good, progress=False)
