@@ -30,6 +30,14 @@ def test_registry_has_official_files():
         assert len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0
 
 
+def test_cutie_entries():
+    base = "https://github.com/hkchengrex/Cutie/releases/download/v1.0/"
+    assert get_entry("cutie_small").url == base + "cutie-small-mega.pth"
+    assert get_entry("cutie_base").url == base + "cutie-base-mega.pth"
+    # the release publishes no SHA-256; the official download script checks this MD5
+    assert get_entry("cutie_base").md5 == "a6071de6136982e396851903ab4c083a"
+
+
 def test_unknown_model_suggests_close_names():
     with pytest.raises(MaskmlError, match=r"unknown model 'mobilesam'.*mobile_sam"):
         load_model("mobilesam")
