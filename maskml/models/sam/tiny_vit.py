@@ -1,11 +1,13 @@
-"""TinyViT-5M, MobileSAM's image encoder: a convolutional stage (MBConv) followed by three
-stages of windowed attention with learned relative-position biases, and SAM's neck.
+"""TinyViT-5M, MobileSAM's image encoder (Wu et al. 2022; Zhang et al. 2023): a convolutional
+stage of MBConv blocks at 1/4 resolution, three stages of windowed attention with a learned bias
+per head and relative offset, each followed by a depthwise 3x3 convolution and an MLP, and SAM's
+neck. (B, 3, 1024, 1024) -> (B, 256, 64, 64).
 
-Speed notes (inference): every conv+BatchNorm pair runs as one convolution with the
-BatchNorm folded into its weights (computed on the fly from the current parameters, so
-a newly loaded state dict is always what runs), attention runs through
-scaled_dot_product_attention with the bias table gathered as its mask, and the
-convolutional stage works in channels-last memory order.
+Activations travel as (B, H, W, C) tensors: the token layout of the attention stages and, seen
+through `.permute(0, 3, 1, 2)`, the channels-last layout oneDNN convolves fastest. Inference (eval
+mode, no autograd) runs BatchNorm folded into its convolution, the bias table gathered once,
+attention through scaled_dot_product_attention and activations in place; see `_Folded` for when
+the cached tensors are rebuilt (never stale after load_state_dict).
 """
 from __future__ import annotations
 
@@ -15,11 +17,57 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.common import LayerNorm2d
+
+def _inference() -> bool:
+    return not torch.is_grad_enabled()
 
 
-class Conv2d_BN(nn.Module):
-    """Convolution without bias followed by BatchNorm (keys `c.*`, `bn.*`)."""
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU (erf form), in place on a fresh tensor when no graph is recorded."""
+    return torch.ops.aten.gelu_(x) if _inference() else F.gelu(x)
+
+
+def _clear_after_load(module: "_Folded", incompatible_keys) -> None:
+    module.clear_cache()
+
+
+class _Folded(nn.Module):
+    """Base of the modules that cache, for inference, tensors derived from their parameters. The
+    cache is dropped by load_state_dict, train()/eval() (BatchNorm updates its running statistics
+    without bumping their version counters) and .to()/.half(); it is also keyed on the sources'
+    storage and version counter, so an in-place edit of a weight refreshes it too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: tuple | None = None
+        self.register_load_state_dict_post_hook(_clear_after_load)
+
+    def clear_cache(self) -> None:
+        self._cache = None
+
+    def train(self, mode: bool = True):
+        self.clear_cache()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):
+        self.clear_cache()
+        return super()._apply(fn, recurse)
+
+    def derived(self, sources: tuple[torch.Tensor, ...], compute):
+        """compute(), reused while `sources` are unchanged (inference only: eval mode, no autograd)."""
+        if self.training or not _inference():
+            return compute()
+        try:
+            key = tuple((t.data_ptr(), t._version) for t in sources)
+        except RuntimeError:  # inference tensors have no version counter: never reuse
+            return compute()
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, compute())
+        return self._cache[1]
+
+
+class Conv2d_BN(_Folded):
+    """Bias-free convolution + BatchNorm (keys `c.*`, `bn.*`) on (B, H, W, C) tensors."""
 
     def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 1, stride: int = 1, padding: int = 0,
                  groups: int = 1) -> None:
@@ -27,58 +75,67 @@ class Conv2d_BN(nn.Module):
         self.c = nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_chans)
 
+    def _fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        bn = self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        return self.c.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
         if self.training:
-            return self.bn(self.c(x))
-        scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
-        weight = self.c.weight * scale[:, None, None, None]
-        bias = self.bn.bias - self.bn.running_mean * scale
-        return F.conv2d(x, weight, bias, self.c.stride, self.c.padding, self.c.dilation, self.c.groups)
+            y = self.bn(self.c(x))
+        else:
+            bn = self.bn
+            sources = (self.c.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+            weight, bias = self.derived(sources, self._fold)
+            y = F.conv2d(x, weight, bias, self.c.stride, self.c.padding, 1, self.c.groups)
+        return y.permute(0, 2, 3, 1)
 
 
 class PatchEmbed(nn.Module):
-    """Two stride-2 3x3 convolutions: 1024 -> 256 resolution."""
+    """Two stride-2 3x3 convolutions: 1/4 resolution."""
 
     def __init__(self, in_chans: int, embed_dim: int) -> None:
         super().__init__()
+        # nn.GELU() only keeps the official indices (seq.0, seq.2) of the weights
         self.seq = nn.Sequential(Conv2d_BN(in_chans, embed_dim // 2, 3, 2, 1), nn.GELU(),
                                  Conv2d_BN(embed_dim // 2, embed_dim, 3, 2, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.seq(x)
+        """(B, C, H, W) image -> (B, H/4, W/4, embed_dim)."""
+        x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        return self.seq[2](_gelu(self.seq[0](x)))
 
 
 class MBConv(nn.Module):
-    """Inverted residual: 1x1 expand, 3x3 depthwise, 1x1 project, residual, GELU."""
+    """Inverted residual (MobileNetV2): 1x1 expand, 3x3 depthwise, 1x1 project, + input, GELU."""
 
-    def __init__(self, chans: int, expand_ratio: float) -> None:
+    def __init__(self, dim: int, expand_ratio: float) -> None:
         super().__init__()
-        hidden = int(chans * expand_ratio)
-        self.conv1 = Conv2d_BN(chans, hidden, 1)
+        hidden = int(dim * expand_ratio)
+        self.conv1 = Conv2d_BN(dim, hidden)
         self.conv2 = Conv2d_BN(hidden, hidden, 3, 1, 1, groups=hidden)
-        self.conv3 = Conv2d_BN(hidden, chans, 1)
+        self.conv3 = Conv2d_BN(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.gelu(self.conv1(x))
-        y = F.gelu(self.conv2(y))
-        return F.gelu(self.conv3(y) + x)
+        y = self.conv3(_gelu(self.conv2(_gelu(self.conv1(x)))))
+        return _gelu(y.add_(x) if _inference() else y + x)
 
 
 class PatchMerging(nn.Module):
-    """1x1, 3x3 depthwise (stride 2, or 1 into the last 320-wide stage), 1x1; returns tokens."""
+    """1x1, 3x3 depthwise, 1x1 between stages. MobileSAM keeps 64x64 tokens into the last stage:
+    its depthwise convolution has stride 1 when the output width is one of TinyViT's last-stage
+    widths (320, 448, 576), stride 2 otherwise."""
 
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()
         stride = 1 if out_dim in (320, 448, 576) else 2
-        self.conv1 = Conv2d_BN(dim, out_dim, 1)
+        self.conv1 = Conv2d_BN(dim, out_dim)
         self.conv2 = Conv2d_BN(out_dim, out_dim, 3, stride, 1, groups=out_dim)
-        self.conv3 = Conv2d_BN(out_dim, out_dim, 1)
+        self.conv3 = Conv2d_BN(out_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, H', W', C')."""
-        x = F.gelu(self.conv1(x))
-        x = F.gelu(self.conv2(x))
-        return self.conv3(x).permute(0, 2, 3, 1)
+        return self.conv3(_gelu(self.conv2(_gelu(self.conv1(x)))))
 
 
 class ConvLayer(nn.Module):
@@ -88,14 +145,32 @@ class ConvLayer(nn.Module):
         self.downsample = PatchMerging(dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
         for block in self.blocks:
             x = block(x)
         return self.downsample(x)
 
 
-class Attention(nn.Module):
-    """Multi-head attention inside a window, with a learned bias per head and per |dy|, |dx| offset."""
+def _spans(n: int, ws: int) -> list[tuple[slice, slice, int]]:
+    """Along one axis of length n cut into windows of ws: (image slice, window slice, extent inside
+    those windows) for the whole windows and for the partial last one, whose rest is padding."""
+    whole = n // ws
+    spans = [(slice(0, whole * ws), slice(0, whole), ws)] if whole else []
+    if n % ws:
+        spans.append((slice(whole * ws, n), slice(whole, whole + 1), n % ws))
+    return spans
+
+
+def _window_regions(b: int, h: int, w: int, c: int, ws: int):
+    """(index into the (B, H, W, C) image, index into the (B, nh, ws, nw, ws, C) window grid, common
+    6-D shape) for each block of the image that maps onto the grid without padding."""
+    for (ri, gi, rn), (ci, gj, cn) in itertools.product(_spans(h, ws), _spans(w, ws)):
+        shape = (b, gi.stop - gi.start, rn, gj.stop - gj.start, cn, c)
+        yield (slice(None), ri, ci), (slice(None), gi, slice(rn), gj, slice(cn)), shape
+
+
+class Attention(_Folded):
+    """Multi-head self-attention inside a window, plus a learned bias per head and per (|dy|, |dx|)
+    offset between two of its positions (LeViT's attention bias)."""
 
     def __init__(self, dim: int, key_dim: int, num_heads: int, resolution: tuple[int, int]) -> None:
         super().__init__()
@@ -104,20 +179,24 @@ class Attention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * key_dim * num_heads)
         self.proj = nn.Linear(key_dim * num_heads, dim)
-        points = list(itertools.product(range(resolution[0]), range(resolution[1])))
-        offsets: dict[tuple[int, int], int] = {}
-        index = [offsets.setdefault((abs(p[0] - q[0]), abs(p[1] - q[1])), len(offsets)) for p in points for q in points]
+        positions = list(itertools.product(range(resolution[0]), range(resolution[1])))
+        offsets: dict[tuple[int, int], int] = {}  # numbered in order of first appearance, as in the weights
+        index = [offsets.setdefault((abs(p[0] - q[0]), abs(p[1] - q[1])), len(offsets))
+                 for p in positions for q in positions]
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
-        self.register_buffer("attention_bias_idxs", torch.tensor(index).view(len(points), len(points)),
+        self.register_buffer("attention_bias_idxs", torch.tensor(index).view(len(positions), len(positions)),
                              persistent=False)
 
+    def _bias(self) -> torch.Tensor:
+        return self.attention_biases[:, self.attention_bias_idxs][None]  # 4-D: SDPA's fused kernel takes it
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) tokens of B windows -> (B, N, C)."""
+        """(windows, N, C) -> (windows, N, C)."""
         b, n, _ = x.shape
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.key_dim).transpose(1, 2)
-        q, k, v = qkv.split(self.key_dim, dim=-1)
-        bias = self.attention_biases[:, self.attention_bias_idxs][None]  # 4-D: SDPA takes its fused kernel
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        q, k, v = qkv.split(self.key_dim, dim=-1)  # per head: [q | k | v]
+        bias = self.derived((self.attention_biases, self.attention_bias_idxs), self._bias)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # scale key_dim ** -0.5
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -129,12 +208,13 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+        return self.fc2(_gelu(self.fc1(self.norm(x))))
 
 
 class TinyViTBlock(nn.Module):
-    """Windowed attention (zero-padded to whole windows; the padding takes part as keys, as in
-    the original), a 3x3 depthwise convolution, then the MLP."""
+    """x + attention over ws x ws windows, a depthwise 3x3 convolution, x + MLP. An image that is
+    not a whole number of windows is zero-padded at the bottom/right; as in the original, padded
+    positions take part as keys (after LayerNorm they are the norm's bias, not zeros)."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float, local_conv_size: int) -> None:
         super().__init__()
@@ -145,17 +225,32 @@ class TinyViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
+        x = x.contiguous()  # a no-op here; the views below need it
         b, h, w, c = x.shape
         ws = self.window_size
-        pad_h, pad_w = (-h) % ws, (-w) % ws
-        windows = F.pad(x, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else x
-        nh, nw = (h + pad_h) // ws, (w + pad_w) // ws
-        windows = windows.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
-        attn = self.attn(windows).view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, nh * ws, nw * ws, c)
-        x = x + attn[:, :h, :w]
-        # (B, H, W, C) viewed as NCHW in channels-last order: the depthwise conv needs no copy
-        x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return x + self.mlp(x)
+        nh, nw = -(-h // ws), -(-w // ws)
+        # Windows are cut with one copy per region straight into the window grid (no padded image,
+        # no second copy); only the padding is zero-filled.
+        windows = x.new_empty(b, nh, nw, ws, ws, c)
+        grid = windows.permute(0, 1, 3, 2, 4, 5)  # (B, nh, ws, nw, ws, C): the padded image
+        if h % ws:
+            grid[:, -1, h % ws:].zero_()
+        if w % ws:
+            grid[:, :, :, -1, w % ws:].zero_()
+        regions = list(_window_regions(b, h, w, c, ws))
+        for image, window, shape in regions:
+            grid[window] = x[image].view(shape)
+        out = self.attn(windows.view(-1, ws * ws, c)).view(b, nh, nw, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+        # x + attention, read back from the window grid in the same pass
+        y = torch.empty_like(x)
+        for image, window, shape in regions:
+            if _inference():
+                torch.add(x[image].view(shape), out[window], out=y[image].view(shape))
+            else:  # out= records no graph
+                y[image].view(shape).copy_(x[image].view(shape) + out[window])
+        y = self.local_conv(y)
+        z = self.mlp(y)
+        return z.add_(y) if _inference() else z + y
 
 
 class BasicLayer(nn.Module):
@@ -169,32 +264,37 @@ class BasicLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             x = block(x)
-        if self.downsample is not None:
-            x = self.downsample(x.permute(0, 3, 1, 2))
-        return x
+        return x if self.downsample is None else self.downsample(x)
 
 
 class TinyViT(nn.Module):
+    """MobileSAM's image encoder. The ImageNet classifier of TinyViT (`norm_head`, `head`) is not
+    built: SAM never uses it (the zoo drops its tensors from the released file)."""
+
     def __init__(self, img_size: int = 1024, in_chans: int = 3, embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2),
                  num_heads=(2, 4, 5, 10), window_sizes=(7, 7, 14, 7), mlp_ratio: float = 4.0,
                  mbconv_expand_ratio: float = 4.0, local_conv_size: int = 3, out_chans: int = 256) -> None:
         super().__init__()
         self.img_size = img_size
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
-        last = len(depths) - 1
         self.layers = nn.ModuleList([ConvLayer(embed_dims[0], depths[0], embed_dims[1], mbconv_expand_ratio)])
         for i in range(1, len(depths)):
+            out_dim = embed_dims[i + 1] if i + 1 < len(depths) else None
             self.layers.append(BasicLayer(embed_dims[i], depths[i], num_heads[i], window_sizes[i], mlp_ratio,
-                                          local_conv_size, embed_dims[i + 1] if i < last else None))
+                                          local_conv_size, out_dim))
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(out_chans),
+            nn.LayerNorm(out_chans, eps=1e-6),  # SAM's LayerNorm2d: over channels, same keys
             nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
+            nn.LayerNorm(out_chans, eps=1e-6),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised image -> (B, 256, H/16, W/16) (channels-last memory)."""
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
-        return self.neck(x.permute(0, 3, 1, 2))
+        conv1, norm1, conv2, norm2 = self.neck
+        x = norm1(F.conv2d(x.permute(0, 3, 1, 2), conv1.weight).permute(0, 2, 3, 1))
+        x = norm2(F.conv2d(x.permute(0, 3, 1, 2), conv2.weight, padding=1).permute(0, 2, 3, 1))
+        return x.permute(0, 3, 1, 2)
