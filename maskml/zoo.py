@@ -190,3 +190,25 @@ register(ModelEntry(
     "cutie_base", _CUTIE, dict(size="base"), _CUTIE_URL + "cutie-base-mega.pth", "",
     "Cutie base (ResNet-50 pixel encoder), trained on the MEGA data mix",
     ignored_prefixes=("aux_computer.",), md5="a6071de6136982e396851903ab4c083a"))
+
+_SAM2 = "maskml.models.sam2.sam2:build_sam2"
+_SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/"
+_HIERA = {"t": ("tiny", "Hiera-T"), "s": ("small", "Hiera-S"), "b+": ("base_plus", "Hiera-B+"), "l": ("large", "Hiera-L")}
+# SHA-256 of the released files, by file name
+_SAM2_SHA256 = {
+    "sam2_hiera_tiny.pt": "",
+    "sam2_hiera_small.pt": "",
+    "sam2_hiera_base_plus.pt": "",
+    "sam2_hiera_large.pt": "",
+    "sam2.1_hiera_tiny.pt": "",
+    "sam2.1_hiera_small.pt": "",
+    "sam2.1_hiera_base_plus.pt": "",
+    "sam2.1_hiera_large.pt": "",
+}
+for _version, _release in (("2", "072824"), ("2.1", "092824")):
+    for _short, (_size, _label) in _HIERA.items():
+        _file = f"sam{_version}_hiera_{_size}.pt"
+        register(ModelEntry(
+            f"sam{_version}_hiera_{_short}", _SAM2, dict(size=_size, version="2.0" if _version == "2" else "2.1"),
+            f"{_SAM2_URL}{_release}/{_file}", _SAM2_SHA256[_file],
+            f"SAM {_version} with a {_label} image encoder, images and video", state_dict_key="model"))

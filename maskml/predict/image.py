@@ -69,6 +69,8 @@ def _as_float_array(value, name: str, shape_tail: tuple[int, ...]) -> torch.Tens
 class SamBackend:
     """SAM / MobileSAM: longest side resized to 1024 (Pillow-exact), normalised, padded."""
 
+    low_res_clamp = None
+
     def __init__(self, model: Sam) -> None:
         self.model = model
         self.image_size = model.image_size
@@ -115,9 +117,68 @@ class SamBackend:
         return x.reshape(*shape[:-2], *x.shape[-2:])
 
 
-def backend_for(model) -> SamBackend:
+class Sam2Backend:
+    """SAM 2 / 2.1: the image resized (float, antialiased) to 1024 x 1024 without keeping the aspect ratio;
+    a box becomes two corner points in front of the clicks; returned low-res logits clamped to +-32."""
+
+    low_res_clamp = 32.0
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.image_size = model.image_size
+
+    @torch.inference_mode()
+    def embed(self, image: torch.Tensor) -> dict:
+        h, w = image.shape[:2]
+        size = (self.image_size, self.image_size)
+        x = image.permute(2, 0, 1)[None].float() / 255.0
+        x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
+        x = (x - self.model.pixel_mean) / self.model.pixel_std
+        features = self.model.encode_image(x)
+        embedding = self.model.attend_memory(features, [], [], 0)  # a single image: "no memory" embedding
+        prompt_encoder = self.model.sam_prompt_encoder
+        dense_pe = prompt_encoder.get_dense_pe()
+        _, no_mask = prompt_encoder(None, None, None)
+        cache = self.model.sam_mask_decoder.transformer.image_cache(embedding + no_mask, dense_pe)
+        return {"embedding": embedding, "high_res": features.high_res, "dense_pe": dense_pe, "decoder_cache": cache,
+                "original_size": (h, w), "input_size": size}
+
+    def to_input_frame(self, coords: torch.Tensor, state: dict) -> torch.Tensor:
+        h, w = state["original_size"]
+        return coords / coords.new_tensor([w, h]) * self.image_size
+
+    @torch.inference_mode()
+    def decode(self, state: dict, points: tuple[torch.Tensor, torch.Tensor] | None, boxes: torch.Tensor | None,
+               mask_input: torch.Tensor | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        coords, labels = points if points is not None else (None, None)
+        if boxes is not None:
+            corners = boxes.reshape(-1, 2, 2)
+            corner_labels = torch.tensor([[2, 3]], dtype=torch.int32, device=corners.device).expand(len(corners), -1)
+            coords = corners if coords is None else torch.cat([corners, coords.expand(len(corners), -1, -1)], dim=1)
+            labels = corner_labels if labels is None else torch.cat([corner_labels, labels.expand(len(corners), -1)],
+                                                                    dim=1)
+        sparse, dense = self.model.sam_prompt_encoder((coords, labels), None, mask_input)
+        cache = state["decoder_cache"] if mask_input is None else None
+        out = self.model.sam_mask_decoder(state["embedding"], state["dense_pe"], sparse, dense,
+                                          multimask_output=multimask, high_res_features=state["high_res"],
+                                          image_cache=cache)
+        return out.masks, out.iou_pred
+
+    @torch.inference_mode()
+    def upscale(self, low_res: torch.Tensor, state: dict) -> torch.Tensor:
+        shape = low_res.shape
+        x = F.interpolate(low_res.reshape(-1, 1, *shape[-2:]), state["original_size"], mode="bilinear",
+                          align_corners=False)
+        return x.reshape(*shape[:-2], *x.shape[-2:])
+
+
+def backend_for(model) -> SamBackend | Sam2Backend:
+    from maskml.models.sam2.sam2 import Sam2
+
     if isinstance(model, Sam):
         return SamBackend(model)
+    if isinstance(model, Sam2):
+        return Sam2Backend(model)
     raise MaskmlError(f"{type(model).__name__} is not an image segmentation model "
                       f"(use a SAM, MobileSAM or SAM 2 model from maskml.load_model)")
 
@@ -210,6 +271,8 @@ class ImagePredictor:
 
         low_res, scores = self.backend.decode(state, point_args, box_t, mask_t, multimask)
         logits = self.backend.upscale(low_res, state)
+        if self.backend.low_res_clamp is not None:
+            low_res = low_res.clamp(-self.backend.low_res_clamp, self.backend.low_res_clamp)
         masks = logits > 0.0
         if not batched:
             low_res, scores, logits, masks = low_res[0], scores[0], logits[0], masks[0]

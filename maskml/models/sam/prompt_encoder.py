@@ -71,8 +71,8 @@ class PromptEncoder(nn.Module):
         embedding = self.pe_layer.forward_with_coords(points, self.input_image_size)
         labels = labels[..., None]
         embedding = torch.where(labels == -1, self.not_a_point_embed.weight, embedding)
-        embedding = embedding + torch.where(labels == 0, self.point_embeddings[0].weight, 0.0)
-        embedding = embedding + torch.where(labels == 1, self.point_embeddings[1].weight, 0.0)
+        for label, token in enumerate(self.point_embeddings):  # SAM 2 passes box corners as labels 2 and 3
+            embedding = embedding + torch.where(labels == label, token.weight, 0.0)
         return embedding
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.common import MLPBlock
+from maskml.models.common import MLP, MLPBlock
 
 
 class Attention(nn.Module):
@@ -52,13 +52,15 @@ class TwoWayAttentionBlock(nn.Module):
 
     def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int = 2048,
                  activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2,
-                 skip_first_layer_pe: bool = False) -> None:
+                 skip_first_layer_pe: bool = False, mlp_as_layers: bool = False) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
         self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm2 = nn.LayerNorm(embedding_dim)
-        self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
+        # the same ReLU FFN; SAM 2 stores it as mlp.layers.{0,1}, SAM as mlp.lin{1,2}
+        self.mlp = (MLP(embedding_dim, mlp_dim, embedding_dim, 2) if mlp_as_layers
+                    else MLPBlock(embedding_dim, mlp_dim, activation))
         self.norm3 = nn.LayerNorm(embedding_dim)
         self.norm4 = nn.LayerNorm(embedding_dim)
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
@@ -91,11 +93,12 @@ class TwoWayAttentionBlock(nn.Module):
 
 class TwoWayTransformer(nn.Module):
     def __init__(self, depth: int = 2, embedding_dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048,
-                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2) -> None:
+                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2,
+                 mlp_as_layers: bool = False) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, activation, attention_downsample_rate,
-                                 skip_first_layer_pe=i == 0)
+                                 skip_first_layer_pe=i == 0, mlp_as_layers=mlp_as_layers)
             for i in range(depth)
         )
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)

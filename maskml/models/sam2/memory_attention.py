@@ -1,0 +1,82 @@
+"""Memory attention: the current frame's features attend to themselves and to the memory bank
+(spatial memories of earlier frames, then object-pointer tokens), with 2-D rotary positions."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskml.models.sam.transformer import Attention
+from maskml.models.sam2.position_encoding import apply_rope, axial_rope_table
+
+
+class RoPEAttention(Attention):
+    """Attention whose queries and (spatial) keys are rotated by their position on the feature grid.
+    Keys beyond the first `num_k_exclude_rope` from the end (object pointers) are not rotated."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1, kv_in_dim: int | None = None,
+                 rope_theta: float = 10000.0, feat_sizes: tuple[int, int] = (64, 64)) -> None:
+        super().__init__(embedding_dim, num_heads, downsample_rate, kv_in_dim)
+        self.rope_theta = rope_theta
+        self.feat_sizes = feat_sizes
+        self._tables: dict = {}
+
+    def _rope(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        side = int(round(n ** 0.5))  # queries cover a square grid, as in the official model
+        key = (side, device)
+        if key not in self._tables:
+            self._tables = {key: axial_rope_table(self.internal_dim // self.num_heads, side, side, self.rope_theta,
+                                                  device)}
+        return self._tables[key]
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0) -> torch.Tensor:
+        q = self.project_q(q)
+        k, v = self.project_kv(k, v)
+        cos, sin = self._rope(q.shape[-2], q.device)
+        q = apply_rope(q, cos, sin)
+        num_rope = k.shape[-2] - num_k_exclude_rope
+        if num_k_exclude_rope:
+            k = torch.cat([apply_rope(k[:, :, :num_rope], cos, sin), k[:, :, num_rope:]], dim=2)
+        else:
+            k = apply_rope(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v)
+        b, _, n, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
+
+
+class MemoryAttentionLayer(nn.Module):
+    """Pre-norm: self-attention, cross-attention to the memory (keys carry their positions), FFN."""
+
+    def __init__(self, d_model: int = 256, dim_feedforward: int = 2048, mem_dim: int = 64) -> None:
+        super().__init__()
+        self.self_attn = RoPEAttention(d_model, num_heads=1)
+        self.cross_attn_image = RoPEAttention(d_model, num_heads=1, kv_in_dim=mem_dim)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor,
+                num_pointer_tokens: int) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.self_attn(h, h, h)
+        h = self.norm2(x)
+        x = x + self.cross_attn_image(h, memory + memory_pos, memory, num_k_exclude_rope=num_pointer_tokens)
+        return x + self.linear2(F.relu(self.linear1(self.norm3(x))))
+
+
+class MemoryAttention(nn.Module):
+    def __init__(self, d_model: int = 256, num_layers: int = 4, dim_feedforward: int = 2048, mem_dim: int = 64) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(MemoryAttentionLayer(d_model, dim_feedforward, mem_dim) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor,
+                num_pointer_tokens: int = 0) -> torch.Tensor:
+        """x, pos (B, HW, C) current features; memory, memory_pos (B, M, mem_dim), the last
+        num_pointer_tokens of them object pointers -> (B, HW, C)."""
+        x = x + 0.1 * pos
+        for layer in self.layers:
+            x = layer(x, memory, memory_pos, num_pointer_tokens)
+        return self.norm(x)

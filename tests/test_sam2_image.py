@@ -1,0 +1,84 @@
+"""SAM 2.1 through maskml.ImagePredictor against the official SAM2ImagePredictor (tests/fixtures/sam2;
+tolerances from the fixture README: logits max-abs 1e-3 / mean-abs 1e-4, IoU and object scores 1e-4,
+mask IoU >= 0.999)."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import maskml
+from conftest import FIXTURES, write_parity_checkpoint
+
+SAM2 = FIXTURES / "sam2"
+TRUCK = SAM2 / "truck_1200x800.jpg"
+CASES = {
+    "point": dict(points=[[333.5, 250.25]], labels=[1], multimask=True),
+    "3points": dict(points=[[333.5, 250.25], [750.0, 417.0], [383.0, 500.0]], labels=[1, 1, 0], multimask=False),
+    "box": dict(box=[283.0, 400.0, 467.0, 583.0], multimask=False),
+}
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    path = write_parity_checkpoint(SAM2 / "manifest_sam2.1_hiera_tiny.json",
+                                   tmp_path_factory.mktemp("sam2img") / "sam2.1_hiera_tiny.pt", wrap_key="model")
+    p = maskml.ImagePredictor(maskml.load_model("sam2.1_hiera_t", checkpoint=path))
+    image = np.array(Image.open(TRUCK).convert("RGB"))
+    p.set_image(image)
+    return p
+
+
+def stats(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return np.stack([x.mean((-2, -1)), x.std((-2, -1)), np.abs(x).mean((-2, -1))], axis=-1)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_predict_matches_official(predictor, case):
+    expected = np.load(SAM2 / f"expected_image_truck_{case}.npz")
+    out = predictor.predict(**CASES[case])
+    np.testing.assert_allclose(out.scores.numpy(), expected["iou_predictions"], atol=1e-4, rtol=0)
+    logits, low_res = out.logits.numpy(), out.low_res_logits.numpy()
+    assert logits.shape == tuple(expected["masks_shape"]) and low_res.shape == tuple(expected["low_res_logits_shape"])
+    for name, x, sub in (("logits", logits, logits[:, ::8, ::8]), ("low_res_logits", low_res, low_res[:, ::4, ::4])):
+        err = np.abs(sub - expected[f"{name}_sub"])
+        assert err.max() <= 1e-3 and err.mean() <= 1e-4, f"{name}: max {err.max():.2e} mean {err.mean():.2e}"
+        np.testing.assert_allclose(stats(x), expected[f"{name}_stats"], atol=1e-4, rtol=0)
+    c, h, w = (int(v) for v in expected["masks_shape"])
+    ref = np.unpackbits(expected["masks_packed"], axis=-1)[:, :h * w].reshape(c, h, w) > 0
+    masks = out.masks.numpy()
+    iou = (masks & ref).sum((1, 2)) / (masks | ref).sum((1, 2))
+    assert iou.min() >= 0.999
+
+
+def test_decoder_internals_match_official(predictor):
+    """The stability rule that picks between token 0 and the best multimask token, and the object score."""
+    state = predictor._state
+    backend = predictor.backend
+    for case, spec in CASES.items():
+        expected = np.load(SAM2 / f"expected_image_truck_{case}.npz")
+        points = torch.tensor(spec.get("points") or [], dtype=torch.float64).reshape(1, -1, 2)
+        labels = torch.tensor(spec.get("labels") or [], dtype=torch.int32).reshape(1, -1)
+        if "box" in spec:
+            points = torch.tensor(spec["box"], dtype=torch.float64).reshape(1, 2, 2)
+            labels = torch.tensor([[2, 3]], dtype=torch.int32)
+        coords = backend.to_input_frame(points, state).float()
+        sparse, dense = predictor.model.sam_prompt_encoder((coords, labels), None, None)
+        decoder = predictor.model.sam_mask_decoder
+        with torch.inference_mode():
+            masks, iou, _, score = decoder._predict_masks(state["embedding"], state["dense_pe"], sparse, dense,
+                                                          state["high_res"], None)
+        np.testing.assert_allclose(iou[0].numpy(), expected["decoder_all_iou"], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(score[0].numpy(), expected["decoder_object_score_logit"], atol=1e-4, rtol=0)
+        token0 = masks[0, 0]
+        stability = float((token0 > 0.05).sum() / (token0 > -0.05).sum())
+        assert abs(stability - float(expected["decoder_token0_stability"][0])) <= 1e-3
+
+
+def test_box_with_x1_before_x0_is_rejected(predictor):
+    with pytest.raises(maskml.MaskmlError, match="x1 >= x0"):
+        predictor.predict(box=[300, 10, 100, 50])
