@@ -9,7 +9,7 @@ import torch
 
 import maskml
 from conftest import FIXTURES, unpack_masks
-from maskml.io.rle import compress_rle, decode_rle, encode_rle, rle_area
+from maskml.io.rle import decode_rle
 from maskml.ops.boxes import masks_to_boxes, nms
 from maskml.predict.automatic import crop_boxes, point_grid, remove_small_regions, stability_score
 
@@ -110,20 +110,3 @@ def test_remove_small_regions():
     island[5:9, 5:9] = True
     cleaned, changed = remove_small_regions(island, 2, "islands")
     assert changed and not cleaned[0, 0] and cleaned[5:9, 5:9].all() and cleaned.sum() == 16
-
-
-def test_rle_round_trip_and_coco_strings():
-    mask = torch.zeros(4, 5, dtype=torch.bool)
-    mask[1:3, 2:4] = True
-    rle = encode_rle(mask)[0]
-    assert rle == {"size": [4, 5], "counts": [9, 2, 2, 2, 5]}  # column-major, background first
-    assert compress_rle(rle)["counts"] == "92203"  # as pycocotools.mask.encode writes it
-    full = torch.ones(3, 3, dtype=torch.bool)
-    full[0, 0] = False
-    assert compress_rle(encode_rle(full)[0])["counts"] == "18"
-    assert encode_rle(torch.ones(2, 2, dtype=torch.bool))[0]["counts"] == [0, 4]
-    generator = torch.Generator().manual_seed(0)
-    masks = torch.rand(20, 17, 23, generator=generator) > 0.6
-    for m, r in zip(masks, encode_rle(masks)):
-        assert torch.equal(decode_rle(r), m) and torch.equal(decode_rle(compress_rle(r)), m)
-        assert rle_area(r) == rle_area(compress_rle(r)) == int(m.sum())

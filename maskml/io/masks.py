@@ -1,4 +1,8 @@
-"""Object-id masks as DAVIS-style indexed PNGs: palette index = object id, 0 = background."""
+"""Object-id masks as DAVIS-style indexed PNGs: palette index = object id, 0 = background.
+
+The palette written is the one of DAVIS, Cutie and PASCAL VOC (1 dark red, 2 green,
+3 olive, 4 navy, ...); any palette is accepted when reading, as only the index counts.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +14,7 @@ from maskml.errors import MaskmlError
 from maskml.io.draw import palette_color
 from maskml.io.images import atomic_path
 
-DAVIS_PALETTE = [c for index in range(256) for c in palette_color(index)]
+DAVIS_PALETTE = [c for index in range(256) for c in palette_color(index)]  # flat: r0, g0, b0, r1, ...
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -44,12 +48,17 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 
 def save_mask(path: str | Path, ids: np.ndarray) -> None:
-    """Write H x W object ids (0..255) as an indexed PNG with the DAVIS palette (no temporary name)."""
+    """Write H x W object ids (0..255) as an indexed PNG with the DAVIS palette, under its name
+    directly: for files inside a folder that is itself written atomically (atomic_dir)."""
     ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise MaskmlError(f"a mask must be H x W object ids, got an array of shape {ids.shape}")
+    if ids.dtype.kind not in "biu":
+        raise MaskmlError(f"object ids must be integers (or booleans), got {ids.dtype}")
     if ids.size and (ids.min() < 0 or ids.max() > 255):
         raise MaskmlError(f"object ids must be 0..255 to fit an indexed PNG, got {ids.min()}..{ids.max()}")
-    image = Image.fromarray(ids.astype(np.uint8), mode="P")
-    image.putpalette(DAVIS_PALETTE)
+    image = Image.fromarray(ids.astype(np.uint8))
+    image.putpalette(DAVIS_PALETTE)  # turns the L image into a P image with these indices
     image.save(path, format="PNG")
 
 

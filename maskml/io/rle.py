@@ -1,58 +1,79 @@
 """COCO run-length encoding of binary masks (the `segmentation` format of COCO annotations).
 
 Runs are counted in column-major (Fortran) order and start with a background run,
-which is 0 when the first pixel is foreground. The compressed form is the string
-pycocotools writes: each count (after the first two, as the difference to the count
-two places back) in 5-bit groups with a continuation bit, offset into printable ASCII.
+which is 0 when the first pixel is foreground: a 2 x 2 mask [[0, 1], [1, 1]] is
+counts [1, 3]. The compressed form is the string pycocotools writes (mask.encode,
+frPyObjects): each count, from the fourth on as the difference to the count two
+places back, in 5-bit groups, low first, with 0x20 as "more follows" and the sign in
+0x10 of the last group, each group + 48 as an ASCII character.
+
+    rles = encode_rle(masks)               # [{"size": [H, W], "counts": [ints]}, ...]
+    compress_rle(rles[0])["counts"]        # e.g. "92203", as pycocotools writes it
+    decode_rle(rle), rle_area(rle)         # either form
 """
 from __future__ import annotations
 
 import torch
 
+from maskml.errors import MaskmlError
+
 
 def encode_rle(masks: torch.Tensor) -> list[dict]:
-    """(N, H, W) or (H, W) bool -> [{"size": [H, W], "counts": [ints]}], one per mask."""
+    """(N, H, W) or (H, W) bool -> [{"size": [H, W], "counts": [ints]}], one per mask (a list
+    even for one mask, as pycocotools' encode of an H x W x N array)."""
     if masks.ndim == 2:
         masks = masks[None]
+    if masks.ndim != 3:
+        raise MaskmlError(f"RLE encodes (H, W) or (N, H, W) masks, got shape {tuple(masks.shape)}")
     n, h, w = masks.shape
-    flat = masks.transpose(1, 2).reshape(n, h * w)
-    # positions where the value changes, per mask
-    change = (flat[:, 1:] != flat[:, :-1]).nonzero()
-    out = []
-    for i in range(n):
-        idx = change[change[:, 0] == i, 1] + 1
-        bounds = torch.cat([idx.new_zeros(1), idx, idx.new_tensor([h * w])])
-        counts = (bounds[1:] - bounds[:-1]).tolist()
-        if flat[i, 0]:
-            counts = [0] + counts
-        out.append({"size": [h, w], "counts": counts})
+    if h * w == 0:
+        return [{"size": [h, w], "counts": [0]} for _ in range(n)]  # what pycocotools gives
+    masks = masks.bool()
+    hw = h * w
+    # Column-major order without transposing the masks (a full copy): run ends are where a pixel
+    # differs from the one below it, or the last of a column from the first of the next.
+    i, y, x = (masks[:, 1:, :] != masks[:, :-1, :]).nonzero(as_tuple=True)
+    j, c = (masks[:, 0, 1:] != masks[:, -1, :-1]).nonzero(as_tuple=True)
+    mask_ends = torch.arange(1, n + 1, device=masks.device) * hw
+    ends = torch.cat([i * hw + x * h + y + 1, j * hw + (c + 1) * h, mask_ends]).sort().values
+    starts = torch.cat([ends.new_zeros(1), ends[:-1]])  # a mask's first run starts where the previous mask ended
+    runs = (ends - starts).tolist()
+    sizes = (torch.bincount(torch.cat([i, j]), minlength=n) + 1).tolist()
+    first = masks[:, 0, 0].tolist()
+    out, at = [], 0
+    for k in range(n):
+        counts = runs[at:at + sizes[k]]
+        at += sizes[k]
+        out.append({"size": [h, w], "counts": [0] + counts if first[k] else counts})
     return out
 
 
 def decode_rle(rle: dict) -> torch.Tensor:
     """{"size": [H, W], "counts": ints or COCO string} -> (H, W) bool."""
     h, w = rle["size"]
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        counts = _string_to_counts(counts.decode() if isinstance(counts, bytes) else counts)
-    counts = torch.as_tensor(counts, dtype=torch.int64)
-    values = torch.arange(len(counts)) % 2 == 1
-    flat = torch.repeat_interleave(values, counts)
-    if flat.numel() != h * w:
-        raise ValueError(f"RLE counts cover {flat.numel()} pixels, expected {h} x {w}")
-    return flat.reshape(w, h).T
+    counts = torch.as_tensor(_counts(rle), dtype=torch.int64)
+    if (counts < 0).any() or int(counts.sum()) != h * w:
+        raise MaskmlError(f"RLE counts cover {int(counts.sum())} pixels, but its size {h} x {w} has {h * w}: "
+                          f"the RLE is corrupt or its size is wrong")
+    values = torch.arange(len(counts)) % 2 == 1  # background, foreground, background, ...
+    return torch.repeat_interleave(values, counts).reshape(w, h).T
 
 
 def rle_area(rle: dict) -> int:
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        counts = _string_to_counts(counts.decode() if isinstance(counts, bytes) else counts)
-    return int(sum(counts[1::2]))
+    """Foreground pixels, from the counts alone."""
+    return int(sum(_counts(rle)[1::2]))
 
 
 def compress_rle(rle: dict) -> dict:
-    """Uncompressed counts -> COCO compressed string counts."""
-    return {"size": list(rle["size"]), "counts": _counts_to_string(rle["counts"])}
+    """Uncompressed counts -> COCO compressed string counts (str, where pycocotools gives bytes)."""
+    return {"size": list(rle["size"]), "counts": _counts_to_string(list(rle["counts"]))}
+
+
+def _counts(rle: dict) -> list[int]:
+    counts = rle["counts"]
+    if isinstance(counts, (str, bytes)):
+        return _string_to_counts(counts.decode() if isinstance(counts, bytes) else counts)
+    return list(counts)
 
 
 def _counts_to_string(counts: list[int]) -> str:
@@ -62,7 +83,7 @@ def _counts_to_string(counts: list[int]) -> str:
         more = True
         while more:
             c = x & 0x1F
-            x >>= 5  # arithmetic shift: negative differences end at -1
+            x >>= 5  # arithmetic shift: a negative difference ends at -1
             more = x != -1 if c & 0x10 else x != 0
             if more:
                 c |= 0x20
@@ -77,13 +98,15 @@ def _string_to_counts(text: str) -> list[int]:
         x = shift = 0
         more = True
         while more:
+            if pos == len(text):
+                raise MaskmlError(f"compressed RLE counts {text[:40]!r} end in the middle of a number")
             c = ord(text[pos]) - 48
             x |= (c & 0x1F) << shift
             more = bool(c & 0x20)
             pos += 1
             shift += 5
             if not more and c & 0x10:
-                x |= -1 << shift
+                x |= -1 << shift  # sign-extend
         if len(counts) > 2:
             x += counts[-2]
         counts.append(x)
