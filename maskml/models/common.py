@@ -77,17 +77,18 @@ def window_regions(b: int, h: int, w: int, c: int, ws: int):
         yield (slice(None), ri, ci), (slice(None), gi, slice(rn), gj, slice(cn)), shape
 
 
-def window_partition(x: torch.Tensor, ws: int, fill: torch.Tensor | None = None) -> torch.Tensor:
+def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
     """(B, H, W, C) of any strides -> (B * nh * nw, ws * ws, C) contiguous windows, cut with one copy
-    (no padded image in between). Where the image ends inside the last row/column of windows the
-    rest is `fill` (a (C,) tensor) or zeros."""
+    (no padded image in between); where the image ends inside the last row/column of windows the
+    rest is zeros."""
     b, h, w, c = x.shape
     nh, nw = -(-h // ws), -(-w // ws)
     windows = x.new_empty(b, nh, nw, ws, ws, c)
     grid = windows.permute(0, 1, 3, 2, 4, 5)  # (B, nh, ws, nw, ws, C): the padded image
-    padding = ([grid[:, -1, h % ws:]] if h % ws else []) + ([grid[:, :, :, -1, w % ws:]] if w % ws else [])
-    for pad in padding:
-        pad.zero_() if fill is None else pad.copy_(fill)
+    if h % ws:
+        grid[:, -1, h % ws:].zero_()
+    if w % ws:
+        grid[:, :, :, -1, w % ws:].zero_()
     for image, window, shape in window_regions(b, h, w, c, ws):
         grid[window] = x[image].view(shape)
     return windows.view(-1, ws * ws, c)
