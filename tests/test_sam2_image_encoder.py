@@ -137,6 +137,11 @@ def test_windowed_attention_follows_the_padding_rule(size, window, q_pool):
         x = torch.randn(2, size, size + 2 * (not q_pool), dim)
         got, expected = block(x), reference_block(block, x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    x.requires_grad_(True)  # the autograd path (no in-place shortcuts) gives the same and differentiates
+    with_grad = block(x)
+    torch.testing.assert_close(with_grad.detach(), got, rtol=1e-6, atol=1e-6)
+    with_grad.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 def test_position_embedding_cache_follows_the_weights(tiny):
