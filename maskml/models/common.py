@@ -1,9 +1,107 @@
 """Small building blocks shared by the model families."""
 from __future__ import annotations
 
+import itertools
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def is_inference() -> bool:
+    """No autograd graph is being recorded: in-place activations and cached tensors are safe."""
+    return not torch.is_grad_enabled()
+
+
+def gelu_inplace(x: torch.Tensor) -> torch.Tensor:
+    """GELU (erf form), in place on a fresh tensor when no graph is recorded."""
+    return torch.ops.aten.gelu_(x) if is_inference() else F.gelu(x)
+
+
+def _clear_after_load(module: "InferenceCache", incompatible_keys) -> None:
+    module.clear_cache()
+
+
+class InferenceCache(nn.Module):
+    """Base of the modules that cache, for inference, tensors derived from their parameters. The
+    cache is dropped by load_state_dict, train()/eval() (BatchNorm updates its running statistics
+    without bumping their version counters) and .to()/.half(); it is also keyed on the sources'
+    storage and version counter, so an in-place edit of a weight refreshes it too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: tuple | None = None
+        self.register_load_state_dict_post_hook(_clear_after_load)
+
+    def clear_cache(self) -> None:
+        self._cache = None
+
+    def train(self, mode: bool = True):
+        self.clear_cache()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):
+        self.clear_cache()
+        return super()._apply(fn, recurse)
+
+    def derived(self, sources: tuple[torch.Tensor, ...], compute, key: tuple = ()):
+        """compute(), reused while `sources` and `key` are unchanged (inference only: eval mode, no
+        autograd). One entry: a different `key` replaces it."""
+        if self.training or not is_inference():
+            return compute()
+        try:
+            full_key = tuple((t.data_ptr(), t._version) for t in sources) + key
+        except RuntimeError:  # inference tensors have no version counter: never reuse
+            return compute()
+        if self._cache is None or self._cache[0] != full_key:
+            self._cache = (full_key, compute())
+        return self._cache[1]
+
+
+def _spans(n: int, ws: int) -> list[tuple[slice, slice, int]]:
+    """Along one axis of length n cut into windows of ws: (image slice, window slice, extent inside
+    those windows) for the whole windows and for the partial last one, whose rest is padding."""
+    whole = n // ws
+    spans = [(slice(0, whole * ws), slice(0, whole), ws)] if whole else []
+    if n % ws:
+        spans.append((slice(whole * ws, n), slice(whole, whole + 1), n % ws))
+    return spans
+
+
+def window_regions(b: int, h: int, w: int, c: int, ws: int):
+    """(index into the (B, H, W, C) image, index into the (B, nh, ws, nw, ws, C) window grid, common
+    6-D shape) for each block of the image that maps onto the grid without padding."""
+    for (ri, gi, rn), (ci, gj, cn) in itertools.product(_spans(h, ws), _spans(w, ws)):
+        shape = (b, gi.stop - gi.start, rn, gj.stop - gj.start, cn, c)
+        yield (slice(None), ri, ci), (slice(None), gi, slice(rn), gj, slice(cn)), shape
+
+
+def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, H, W, C) of any strides -> (B * nh * nw, ws * ws, C) contiguous windows, cut with one copy
+    (no padded image in between); where the image ends inside the last row/column of windows the
+    rest is zeros."""
+    b, h, w, c = x.shape
+    nh, nw = -(-h // ws), -(-w // ws)
+    windows = x.new_empty(b, nh, nw, ws, ws, c)
+    grid = windows.permute(0, 1, 3, 2, 4, 5)  # (B, nh, ws, nw, ws, C): the padded image
+    if h % ws:
+        grid[:, -1, h % ws:].zero_()
+    if w % ws:
+        grid[:, :, :, -1, w % ws:].zero_()
+    for image, window, shape in window_regions(b, h, w, c, ws):
+        grid[window] = x[image].view(shape)
+    return windows.view(-1, ws * ws, c)
+
+
+def window_unpartition(windows: torch.Tensor, ws: int, b: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of window_partition: (B * nh * nw, ws * ws, C) -> (B, H, W, C), padding dropped, one copy."""
+    nh, nw = -(-h // ws), -(-w // ws)
+    grid = windows.reshape(b, nh, nw, ws, ws, -1).permute(0, 1, 3, 2, 4, 5)
+    out = windows.new_empty(b, h, w, grid.shape[-1])
+    for image, window, shape in window_regions(b, h, w, grid.shape[-1], ws):
+        out[image].view(shape).copy_(grid[window])
+    return out
 
 
 class LayerNorm2d(nn.Module):
@@ -36,18 +134,20 @@ class MLPBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """`num_layers` linear layers with ReLU between them (hypernetworks, IoU head)."""
+    """`num_layers` linear layers with an activation (ReLU by default) between them (hypernetworks,
+    IoU head, Hiera's MLP with GELU)."""
 
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
-                 sigmoid_output: bool = False) -> None:
+                 sigmoid_output: bool = False, act: Callable[[torch.Tensor], torch.Tensor] = F.relu) -> None:
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.sigmoid_output = sigmoid_output
+        self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = F.relu(x)
+                x = self.act(x)
         return torch.sigmoid(x) if self.sigmoid_output else x

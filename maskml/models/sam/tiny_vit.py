@@ -6,7 +6,7 @@ neck. (B, 3, 1024, 1024) -> (B, 256, 64, 64).
 Activations travel as (B, H, W, C) tensors: the token layout of the attention stages and, seen
 through `.permute(0, 3, 1, 2)`, the channels-last layout oneDNN convolves fastest. Inference (eval
 mode, no autograd) runs BatchNorm folded into its convolution, the bias table gathered once,
-attention through scaled_dot_product_attention and activations in place; see `_Folded` for when
+attention through scaled_dot_product_attention and activations in place; see `InferenceCache` for when
 the cached tensors are rebuilt (never stale after load_state_dict).
 """
 from __future__ import annotations
@@ -17,56 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _inference() -> bool:
-    return not torch.is_grad_enabled()
+from maskml.models.common import InferenceCache, gelu_inplace, is_inference, window_partition, window_regions
 
 
-def _gelu(x: torch.Tensor) -> torch.Tensor:
-    """GELU (erf form), in place on a fresh tensor when no graph is recorded."""
-    return torch.ops.aten.gelu_(x) if _inference() else F.gelu(x)
-
-
-def _clear_after_load(module: "_Folded", incompatible_keys) -> None:
-    module.clear_cache()
-
-
-class _Folded(nn.Module):
-    """Base of the modules that cache, for inference, tensors derived from their parameters. The
-    cache is dropped by load_state_dict, train()/eval() (BatchNorm updates its running statistics
-    without bumping their version counters) and .to()/.half(); it is also keyed on the sources'
-    storage and version counter, so an in-place edit of a weight refreshes it too."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache: tuple | None = None
-        self.register_load_state_dict_post_hook(_clear_after_load)
-
-    def clear_cache(self) -> None:
-        self._cache = None
-
-    def train(self, mode: bool = True):
-        self.clear_cache()
-        return super().train(mode)
-
-    def _apply(self, fn, recurse: bool = True):
-        self.clear_cache()
-        return super()._apply(fn, recurse)
-
-    def derived(self, sources: tuple[torch.Tensor, ...], compute):
-        """compute(), reused while `sources` are unchanged (inference only: eval mode, no autograd)."""
-        if self.training or not _inference():
-            return compute()
-        try:
-            key = tuple((t.data_ptr(), t._version) for t in sources)
-        except RuntimeError:  # inference tensors have no version counter: never reuse
-            return compute()
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, compute())
-        return self._cache[1]
-
-
-class Conv2d_BN(_Folded):
+class Conv2d_BN(InferenceCache):
     """Bias-free convolution + BatchNorm (keys `c.*`, `bn.*`) on (B, H, W, C) tensors."""
 
     def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 1, stride: int = 1, padding: int = 0,
@@ -104,7 +58,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) image -> (B, H/4, W/4, embed_dim)."""
         x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-        return self.seq[2](_gelu(self.seq[0](x)))
+        return self.seq[2](gelu_inplace(self.seq[0](x)))
 
 
 class MBConv(nn.Module):
@@ -118,8 +72,8 @@ class MBConv(nn.Module):
         self.conv3 = Conv2d_BN(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv3(_gelu(self.conv2(_gelu(self.conv1(x)))))
-        return _gelu(y.add_(x) if _inference() else y + x)
+        y = self.conv3(gelu_inplace(self.conv2(gelu_inplace(self.conv1(x)))))
+        return gelu_inplace(y.add_(x) if is_inference() else y + x)
 
 
 class PatchMerging(nn.Module):
@@ -135,7 +89,7 @@ class PatchMerging(nn.Module):
         self.conv3 = Conv2d_BN(out_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(_gelu(self.conv2(_gelu(self.conv1(x)))))
+        return self.conv3(gelu_inplace(self.conv2(gelu_inplace(self.conv1(x)))))
 
 
 class ConvLayer(nn.Module):
@@ -150,25 +104,7 @@ class ConvLayer(nn.Module):
         return self.downsample(x)
 
 
-def _spans(n: int, ws: int) -> list[tuple[slice, slice, int]]:
-    """Along one axis of length n cut into windows of ws: (image slice, window slice, extent inside
-    those windows) for the whole windows and for the partial last one, whose rest is padding."""
-    whole = n // ws
-    spans = [(slice(0, whole * ws), slice(0, whole), ws)] if whole else []
-    if n % ws:
-        spans.append((slice(whole * ws, n), slice(whole, whole + 1), n % ws))
-    return spans
-
-
-def _window_regions(b: int, h: int, w: int, c: int, ws: int):
-    """(index into the (B, H, W, C) image, index into the (B, nh, ws, nw, ws, C) window grid, common
-    6-D shape) for each block of the image that maps onto the grid without padding."""
-    for (ri, gi, rn), (ci, gj, cn) in itertools.product(_spans(h, ws), _spans(w, ws)):
-        shape = (b, gi.stop - gi.start, rn, gj.stop - gj.start, cn, c)
-        yield (slice(None), ri, ci), (slice(None), gi, slice(rn), gj, slice(cn)), shape
-
-
-class Attention(_Folded):
+class Attention(InferenceCache):
     """Multi-head self-attention inside a window, plus a learned bias per head and per (|dy|, |dx|)
     offset between two of its positions (LeViT's attention bias)."""
 
@@ -208,7 +144,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(_gelu(self.fc1(self.norm(x))))
+        return self.fc2(gelu_inplace(self.fc1(self.norm(x))))
 
 
 class TinyViTBlock(nn.Module):
@@ -225,32 +161,21 @@ class TinyViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
-        x = x.contiguous()  # a no-op here; the views below need it
         b, h, w, c = x.shape
         ws = self.window_size
         nh, nw = -(-h // ws), -(-w // ws)
-        # Windows are cut with one copy per region straight into the window grid (no padded image,
-        # no second copy); only the padding is zero-filled.
-        windows = x.new_empty(b, nh, nw, ws, ws, c)
-        grid = windows.permute(0, 1, 3, 2, 4, 5)  # (B, nh, ws, nw, ws, C): the padded image
-        if h % ws:
-            grid[:, -1, h % ws:].zero_()
-        if w % ws:
-            grid[:, :, :, -1, w % ws:].zero_()
-        regions = list(_window_regions(b, h, w, c, ws))
-        for image, window, shape in regions:
-            grid[window] = x[image].view(shape)
-        out = self.attn(windows.view(-1, ws * ws, c)).view(b, nh, nw, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+        out = self.attn(window_partition(x, ws)).view(b, nh, nw, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+        regions = list(window_regions(b, h, w, c, ws))
         # x + attention, read back from the window grid in the same pass
         y = torch.empty_like(x)
         for image, window, shape in regions:
-            if _inference():
+            if is_inference():
                 torch.add(x[image].view(shape), out[window], out=y[image].view(shape))
             else:  # out= records no graph
                 y[image].view(shape).copy_(x[image].view(shape) + out[window])
         y = self.local_conv(y)
         z = self.mlp(y)
-        return z.add_(y) if _inference() else z + y
+        return z.add_(y) if is_inference() else z + y
 
 
 class BasicLayer(nn.Module):
