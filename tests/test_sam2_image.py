@@ -14,7 +14,7 @@ import maskml
 from conftest import FIXTURES, write_parity_checkpoint
 
 SAM2 = FIXTURES / "sam2"
-TRUCK = SAM2 / "truck_1200x800.jpg"
+TRUCK = SAM2 / "inputs" / "truck_1200x800.jpg"
 CASES = {
     "point": dict(points=[[333.5, 250.25]], labels=[1], multimask=True),
     "3points": dict(points=[[333.5, 250.25], [750.0, 417.0], [383.0, 500.0]], labels=[1, 1, 0], multimask=False),

@@ -12,7 +12,7 @@ from conftest import FIXTURES, write_parity_checkpoint
 from maskml.predict.sam2 import VideoSession
 
 SAM2 = FIXTURES / "sam2"
-FRAMES = SAM2 / "bedroom"
+FRAMES = SAM2 / "inputs" / "bedroom"
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from maskml.errors import MaskmlError
 from maskml.models.sam import Sam
+from maskml.models.sam2.sam2 import Sam2
 from maskml.predict.resize import longest_side_shape, resize_bilinear_like_pillow
 from maskml.runtime import keep_freed_memory
 
@@ -173,8 +174,6 @@ class Sam2Backend:
 
 
 def backend_for(model) -> SamBackend | Sam2Backend:
-    from maskml.models.sam2.sam2 import Sam2
-
     if isinstance(model, Sam):
         return SamBackend(model)
     if isinstance(model, Sam2):

@@ -4,7 +4,6 @@ and stride-32 levels only; the stride-32 output is then dropped (scalp). Each ke
 with a fixed sine position encoding."""
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 
 from maskml.models.common import is_inference
 from maskml.models.sam2.hiera import Hiera
+from maskml.models.sam2.position_encoding import PositionEmbeddingSine
 
 HIERA_SIZES = ("tiny", "small", "base_plus", "large")
 
@@ -26,44 +26,6 @@ _HIERA_CONFIGS = {
     "large": dict(embed_dim=144, num_heads=2, stages=(2, 6, 36, 4), global_att_blocks=(23, 33, 43),
                   window_pos_embed_bkg_spatial_size=(7, 7), window_spec=(8, 4, 16, 8)),
 }
-
-
-class PositionEmbeddingSine(nn.Module):
-    """DETR's sine position encoding of a feature grid: rows and columns numbered from 1, scaled to
-    (0, 2*pi], each encoded by num_pos_feats/2 interleaved sin/cos channels; [rows | columns].
-    Depends on the grid size only, so it is computed once per (size, device, dtype); the returned
-    tensor is that shared cache (expanded over the batch): read it, do not write into it."""
-
-    def __init__(self, num_pos_feats: int, temperature: float = 10000.0) -> None:
-        super().__init__()
-        assert num_pos_feats % 2 == 0
-        self.num_pos_feats = num_pos_feats
-        self.temperature = temperature
-        self._cache: dict[tuple, torch.Tensor] = {}
-
-    def _axis(self, n: int, device: torch.device) -> torch.Tensor:
-        """(n, num_pos_feats / 2) encoding of positions 1..n, in float32 as in the official code."""
-        half = self.num_pos_feats // 2
-        t = torch.arange(1, n + 1, dtype=torch.float32, device=device)
-        t = t / (t[-1] + 1e-6) * (2 * math.pi)
-        i = torch.arange(half, dtype=torch.float32, device=device)
-        angle = t[:, None] / self.temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / half)
-        return torch.where(i % 2 == 0, angle.sin(), angle.cos())
-
-    def _table(self, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        # built outside inference mode so the cached tensor also serves autograd callers
-        with torch.inference_mode(False), torch.no_grad():
-            rows = self._axis(h, device)[:, None, :].expand(h, w, -1)
-            cols = self._axis(w, device)[None, :, :].expand(h, w, -1)
-            return torch.cat([rows, cols], dim=-1).permute(2, 0, 1)[None].to(dtype).contiguous()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) features -> (B, num_pos_feats, H, W) encoding of their grid."""
-        b, _, h, w = x.shape
-        key = (h, w, x.device, x.dtype)
-        if key not in self._cache:
-            self._cache[key] = self._table(h, w, x.device, x.dtype)
-        return self._cache[key].expand(b, -1, -1, -1)
 
 
 class FpnNeck(nn.Module):

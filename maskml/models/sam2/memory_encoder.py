@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskml.models.common import LayerNorm2d
-from maskml.models.sam2.position_encoding import sine_table
+from maskml.models.sam2.position_encoding import PositionEmbeddingSine
 
 
 class MaskDownSampler(nn.Module):
@@ -63,15 +63,7 @@ class MemoryEncoder(nn.Module):
         self.pix_feat_proj = nn.Conv2d(in_dim, in_dim, kernel_size=1)
         self.fuser = Fuser(in_dim)
         self.out_proj = nn.Conv2d(in_dim, out_dim, kernel_size=1)
-        self.out_dim = out_dim
-        self._pos: torch.Tensor | None = None
-
-    def position_encoding(self, height: int, width: int, device: torch.device) -> torch.Tensor:
-        """(1, out_dim, H, W) sine encoding of the memory grid (the same for every memory)."""
-        pos = self._pos
-        if pos is None or pos.shape[-2:] != (height, width) or pos.device != device:
-            pos = self._pos = sine_table(height, width, self.out_dim, device=device)
-        return pos
+        self.position_encoding = PositionEmbeddingSine(out_dim)  # of the memory grid, the same for every memory
 
     def forward(self, pix_feat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """pix_feat (B, in_dim, h, w) raw stride-16 features; mask (B, 1, 16h, 16w), already scaled for the

@@ -5,27 +5,45 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 
-def sine_table(height: int, width: int, channels: int, temperature: float = 10000.0,
-               device: torch.device | str | None = None) -> torch.Tensor:
-    """(1, channels, H, W) normalised sine/cosine encoding of the pixel grid (DETR style): the first half
-    of the channels encodes y, the second x; positions run 1..n, scaled to (0, 2*pi]."""
-    half = channels // 2
-    ys = torch.arange(1, height + 1, dtype=torch.float32, device=device)
-    xs = torch.arange(1, width + 1, dtype=torch.float32, device=device)
-    ys = ys / (ys[-1] + 1e-6) * (2 * math.pi)
-    xs = xs / (xs[-1] + 1e-6) * (2 * math.pi)
-    freq = torch.arange(half, dtype=torch.float32, device=device)
-    freq = temperature ** (2 * (freq // 2) / half)
+class PositionEmbeddingSine(nn.Module):
+    """DETR's sine position encoding of a feature grid: rows and columns numbered from 1, scaled to
+    (0, 2*pi], each encoded by num_pos_feats/2 interleaved sin/cos channels; [rows | columns].
+    Depends on the grid size only, so it is computed once per (size, device, dtype); the returned
+    tensor is that shared cache (expanded over the batch): read it, do not write into it."""
 
-    def encode(pos: torch.Tensor) -> torch.Tensor:  # (n,) -> (n, half), sin on even channels, cos on odd
-        angles = pos[:, None] / freq
-        return torch.stack([angles[:, 0::2].sin(), angles[:, 1::2].cos()], dim=2).flatten(1)
+    def __init__(self, num_pos_feats: int, temperature: float = 10000.0) -> None:
+        super().__init__()
+        assert num_pos_feats % 2 == 0
+        self.num_pos_feats = num_pos_feats
+        self.temperature = temperature
+        self._cache: dict[tuple, torch.Tensor] = {}
 
-    pos_y = encode(ys)[:, None, :].expand(height, width, half)
-    pos_x = encode(xs)[None, :, :].expand(height, width, half)
-    return torch.cat([pos_y, pos_x], dim=2).permute(2, 0, 1).unsqueeze(0).contiguous()
+    def _axis(self, n: int, device: torch.device) -> torch.Tensor:
+        """(n, num_pos_feats / 2) encoding of positions 1..n, in float32 as in the official code."""
+        half = self.num_pos_feats // 2
+        t = torch.arange(1, n + 1, dtype=torch.float32, device=device)
+        t = t / (t[-1] + 1e-6) * (2 * math.pi)
+        i = torch.arange(half, dtype=torch.float32, device=device)
+        angle = t[:, None] / self.temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / half)
+        return torch.where(i % 2 == 0, angle.sin(), angle.cos())
+
+    def _table(self, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        # built outside inference mode so the cached tensor also serves autograd callers
+        with torch.inference_mode(False), torch.no_grad():
+            rows = self._axis(h, device)[:, None, :].expand(h, w, -1)
+            cols = self._axis(w, device)[None, :, :].expand(h, w, -1)
+            return torch.cat([rows, cols], dim=-1).permute(2, 0, 1)[None].to(dtype).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) features -> (B, num_pos_feats, H, W) encoding of their grid."""
+        b, _, h, w = x.shape
+        key = (h, w, x.device, x.dtype)
+        if key not in self._cache:
+            self._cache[key] = self._table(h, w, x.device, x.dtype)
+        return self._cache[key].expand(b, -1, -1, -1)
 
 
 def sine_code_1d(positions: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:

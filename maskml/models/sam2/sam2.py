@@ -152,7 +152,7 @@ class Sam2(nn.Module):
         b, c, h, w = x.shape
         if not spatial and not pointers:
             return x + self.no_mem_embed.view(1, c, 1, 1)
-        mem_pos = self.memory_encoder.position_encoding(h, w, x.device).flatten(2).transpose(1, 2)  # (1, hw, 64)
+        mem_pos = self.memory_encoder.position_encoding(x[:1, :self.mem_dim]).flatten(2).transpose(1, 2)  # (1, hw, 64)
         memory, memory_pos = [], []
         for feats, slot in spatial:
             memory.append(feats.flatten(2).transpose(1, 2).to(x.dtype))
