@@ -194,16 +194,17 @@ register(ModelEntry(
 _SAM2 = "maskml.models.sam2.sam2:build_sam2"
 _SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/"
 _HIERA = {"t": ("tiny", "Hiera-T"), "s": ("small", "Hiera-S"), "b+": ("base_plus", "Hiera-B+"), "l": ("large", "Hiera-L")}
-# SHA-256 of the released files, by file name
+# SHA-256 of the released files, by file name (the release page publishes none; these are the values
+# that downstream projects pin for these exact URLs, e.g. micro-sam's v2 model registry)
 _SAM2_SHA256 = {
-    "sam2_hiera_tiny.pt": "",
-    "sam2_hiera_small.pt": "",
-    "sam2_hiera_base_plus.pt": "",
-    "sam2_hiera_large.pt": "",
-    "sam2.1_hiera_tiny.pt": "",
-    "sam2.1_hiera_small.pt": "",
-    "sam2.1_hiera_base_plus.pt": "",
-    "sam2.1_hiera_large.pt": "",
+    "sam2_hiera_tiny.pt": "65b50056e05bcb13694174f51bb6da89c894b57b75ccdf0ba6352c597c5d1125",
+    "sam2_hiera_small.pt": "95949964d4e548409021d47b22712d5f1abf2564cc0c3c765ba599a24ac7dce3",
+    "sam2_hiera_base_plus.pt": "d0bb7f236400a49669ffdd1be617959a8b1d1065081789d7bbff88eded3a8071",
+    "sam2_hiera_large.pt": "7442e4e9b732a508f80e141e7c2913437a3610ee0c77381a66658c3a445df87b",
+    "sam2.1_hiera_tiny.pt": "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69",
+    "sam2.1_hiera_small.pt": "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38",
+    "sam2.1_hiera_base_plus.pt": "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5",
+    "sam2.1_hiera_large.pt": "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
 }
 for _version, _release in (("2", "072824"), ("2.1", "092824")):
     for _short, (_size, _label) in _HIERA.items():

@@ -1,0 +1,76 @@
+"""SAM 2 / 2.1 model layout, zoo entries and the video session's input checks (no heavy compute)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import maskml
+from conftest import FIXTURES, manifest_keys, write_parity_checkpoint
+from maskml.predict.sam2 import VideoSession
+
+SAM2 = FIXTURES / "sam2"
+NAMES = {f"sam{v}_hiera_{s}": f"sam{v}_hiera_{f}" for v in ("2", "2.1")
+         for s, f in (("t", "tiny"), ("s", "small"), ("b+", "base_plus"), ("l", "large"))}
+
+
+@pytest.mark.parametrize("name", list(NAMES))
+def test_every_release_builds_with_exactly_the_official_keys(name):
+    keys = manifest_keys(SAM2 / f"manifest_{NAMES[name]}.json")
+    with torch.device("meta"):
+        state = maskml.build_model(name).state_dict()
+    assert list(state) == list(keys)
+    assert {k: list(v.shape) for k, v in state.items()} == keys
+
+
+def test_zoo_entries_point_at_the_official_files():
+    for name, stem in NAMES.items():
+        entry = maskml.zoo.get_entry(name)
+        release = "092824" if name.startswith("sam2.1") else "072824"
+        assert entry.url == f"https://dl.fbaipublicfiles.com/segment_anything_2/{release}/{stem}.pt"
+        assert entry.state_dict_key == "model"
+        assert len(entry.sha256) == 64
+    assert maskml.zoo.get_entry("sam2.1_hiera_t").sha256 == (
+        "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69")
+
+
+def test_a_sam2_checkpoint_for_a_sam21_name_says_which_is_which(tmp_path):
+    path = write_parity_checkpoint(SAM2 / "manifest_sam2_hiera_tiny.json", tmp_path / "sam2_hiera_tiny.pt",
+                                   wrap_key="model")
+    with pytest.raises(maskml.MaskmlError) as info:
+        maskml.load_model("sam2.1_hiera_t", checkpoint=path)
+    message = str(info.value)
+    assert "does not fit sam2.1_hiera_t" in message and "3 missing keys" in message
+    assert "looks like a checkpoint for sam2_hiera_t" in message
+    assert "\n" not in message
+
+
+@pytest.fixture(scope="module")
+def session():
+    frames = np.zeros((3, 40, 60, 3), dtype=np.uint8)  # a tiny in-memory video; nothing is computed here
+    return VideoSession(maskml.build_model("sam2.1_hiera_t"), frames)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda s: s.add_points(3, 1, [[10, 10]], [1]), "frame 3 does not exist"),
+    (lambda s: s.add_points(-1, 1, [[10, 10]], [1]), "frame -1 does not exist"),
+    (lambda s: s.add_points(0, 0, [[10, 10]], [1]), "object id 0 is not a positive integer"),
+    (lambda s: s.add_points(0, "a", [[10, 10]], [1]), "object id 'a' is not a positive integer"),
+    (lambda s: s.add_box(0, 1, [50, 10, 20, 30]), "x1 >= x0"),
+    (lambda s: s.add_points(0, 1, [[70, 10]], [1]), "outside the 60x40 frame"),
+    (lambda s: s.add_points(0, 1, [[10, 10], [20, 20]], [1]), "2 points but 1 labels"),
+    (lambda s: s.add_points(0, 1, [[10, 10]], [2]), "labels must be 1"),
+    (lambda s: s.add_points(0, 1), "give points"),
+    (lambda s: s.add_mask(0, 1, np.zeros((40, 60), bool)), "is empty"),
+    (lambda s: list(s.propagate()), "no object has a prompt"),
+    (lambda s: s.remove_object(7), "object 7 does not exist"),
+])
+def test_bad_prompts_get_one_clear_error(session, call, match):
+    with pytest.raises(maskml.MaskmlError, match=match):
+        call(session)
+    assert not session.objects  # nothing half-added
+
+
+def test_session_needs_a_sam2_model():
+    with pytest.raises(maskml.MaskmlError, match="needs a SAM 2 model"):
+        VideoSession(maskml.build_model("mobile_sam"), np.zeros((1, 8, 8, 3), np.uint8))
