@@ -74,3 +74,16 @@ def test_bad_prompts_get_one_clear_error(session, call, match):
 def test_session_needs_a_sam2_model():
     with pytest.raises(maskml.MaskmlError, match="needs a SAM 2 model"):
         VideoSession(maskml.build_model("mobile_sam"), np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_outputs_far_from_the_current_and_the_conditioning_frames_are_dropped(session):
+    """Memory stays bounded on long videos: a tracked frame's output is kept while it is within keep_window of
+    the frame being processed or of one of the object's conditioning frames."""
+    from maskml.predict.sam2.session import FrameOutput, ObjectTrack
+
+    out = FrameOutput(torch.zeros(1, 1, 4, 4), torch.zeros(1, 256), torch.ones(1, 1))
+    track = ObjectTrack(cond={10: out, 500: out}, non_cond={t: out for t in range(1000) if t not in (10, 500)})
+    session.keep_window = 16
+    session._forget_far_outputs(track, 999)
+    kept = sorted(track.non_cond)
+    assert kept == [t for t in range(27) if t != 10] + [t for t in range(484, 517) if t != 500] + list(range(983, 1000))

@@ -19,6 +19,7 @@ start at prompted frames, as `propagate()` does by default).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -90,10 +91,12 @@ class _Frames:
 
 
 class VideoSession:
-    def __init__(self, model: Sam2, video, keep_window: int = 16,
-                 add_all_frames_to_correct_as_cond: bool = False) -> None:
+    def __init__(self, model: Sam2, video, keep_window: int = 16, add_all_frames_to_correct_as_cond: bool = False,
+                 cached_frames: int = 1) -> None:
         """video: a video file or folder of frames (path), a frame source with frame(i), or frames
-        (T, H, W, 3) uint8 RGB. keep_window: see the module docstring (>= 16 for the official results)."""
+        (T, H, W, 3) uint8 RGB. keep_window: see the module docstring (>= 16 for the official results).
+        cached_frames: backbone features of this many recently used frames are kept (16 MB each at 1024),
+        so going back and forth over a stretch of video does not encode its frames again."""
         if not isinstance(model, Sam2):
             raise MaskmlError(f"VideoSession needs a SAM 2 model (e.g. maskml.load_model('sam2.1_hiera_t')), "
                               f"got {type(model).__name__}")
@@ -103,7 +106,8 @@ class VideoSession:
         self.keep_window = keep_window
         self.add_all_frames_to_correct_as_cond = add_all_frames_to_correct_as_cond
         self.objects: dict[int, ObjectTrack] = {}
-        self._cached: tuple[int, FrameFeatures] | None = None
+        self.cached_frames = max(1, cached_frames)
+        self._cache: OrderedDict[int, FrameFeatures] = OrderedDict()
 
     # ----------------------------------------------------------------------------------- frames
     @property
@@ -120,10 +124,13 @@ class VideoSession:
         return list(self.objects)
 
     def _features(self, frame: int) -> FrameFeatures:
-        if self._cached is None or self._cached[0] != frame:
-            self._cached = None  # free the previous frame's features before computing the next
-            self._cached = (frame, self._encode(self.frames[frame], frame))
-        return self._cached[1]
+        if frame in self._cache:
+            self._cache.move_to_end(frame)
+            return self._cache[frame]
+        while len(self._cache) >= self.cached_frames:  # free before computing the next
+            self._cache.popitem(last=False)
+        features = self._cache[frame] = self._encode(self.frames[frame], frame)
+        return features
 
     def _encode(self, image, frame: int) -> FrameFeatures:
         device = self.model.device
