@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, find_checkout, machine_line, peak_rss_mb, run_worker
+
 FRAMES = ROOT / "examples" / "judo"
 
 
@@ -47,9 +45,7 @@ def first_mask(shape, objects: int):
 
 
 def official_processor(name: str, src: Path, state_dict):
-    root = next((src / c for c in ("hkchengrex+Cutie", "Cutie") if (src / c / "cutie").is_dir()), None)
-    if root is None:
-        raise SystemExit(f"no Cutie checkout under {src}")
+    root = find_checkout(src, ("hkchengrex+Cutie", "Cutie"), "cutie")
     sys.path.insert(0, str(root))
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
@@ -107,10 +103,10 @@ def worker(name: str, impl: str, objects: int, frames_to_run: int, official_src:
             if i < 8:
                 label_sums.append(int(labels.sum()))
             if stream and (i + 1) % 100 == 0:
-                rss.append(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+                rss.append(round(peak_rss_mb()))
     steady = timings[1:]
     result = {"model": name, "impl": impl, "objects": objects, "fps": 1 / statistics.median(steady),
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "peak_rss_mb": peak_rss_mb(),
               "labels_sum": label_sums}
     if stream:
         result["rss_every_100"] = rss
@@ -138,9 +134,7 @@ def main() -> None:
         print(json.dumps(worker(name, impl, int(objects), args.frames, args.official_src, bool(args.stream))))
         return
 
-    import torch
-
-    print(f"torch {torch.__version__}, {args.threads} threads; 854x480 frames (max_internal_size 480); frames/s = "
+    print(f"{machine_line(args.threads)}; 854x480 frames (max_internal_size 480); frames/s = "
           f"1 / median step time over {args.frames - 1} frames after the first (mask) frame")
     best = {}
     impls = ["maskml"] + (["official"] if args.official_src else [])
@@ -151,10 +145,7 @@ def main() -> None:
                     cmd = [sys.executable, __file__, "--worker", name, impl, str(objects), "--frames",
                            str(args.frames), "--threads", str(args.threads)]
                     cmd += ["--official-src", args.official_src] if args.official_src else []
-                    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-                    if out.returncode != 0:
-                        raise SystemExit(f"{name}/{impl}/{objects} failed:\n{out.stderr[-3000:]}")
-                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                    row = run_worker(cmd, f"{name}/{impl}/{objects}")
                     key = (name, objects, impl)
                     if key not in best or row["fps"] > best[key]["fps"]:
                         best[key] = row
@@ -176,10 +167,7 @@ def main() -> None:
     if args.stream:
         cmd = [sys.executable, __file__, "--worker", "cutie_small", "maskml", "1", "--frames", str(args.stream),
                "--stream", "1", "--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(out.stderr[-3000:])
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r = run_worker(cmd, "cutie_small stream")
         print(f"\ncutie_small, 1 object, {args.stream} frames: peak resident memory (MB) after every 100 frames: "
               f"{r['rss_every_100']}")
 

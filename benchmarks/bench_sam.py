@@ -19,43 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import KEEP_FREED_MEMORY_ENV, find_checkout, machine_line, median_ms, peak_rss_mb, run_worker, square_test_image
+
 OFFICIAL_DIRS = {"sam": ("facebookresearch+segment-anything", "segment-anything"),
                  "mobile_sam": ("ChaoningZhang+MobileSAM", "MobileSAM")}
 OFFICIAL_BUILDERS = {"mobile_sam": "build_sam_vit_t", "sam_vit_b": "build_sam_vit_b", "sam_vit_l": "build_sam_vit_l",
                      "sam_vit_h": "build_sam_vit_h"}
 
 
-def median_ms(fn, runs: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-def test_image():
-    import numpy as np
-    from PIL import Image
-
-    return np.array(Image.open(ROOT / "examples" / "truck.jpg").convert("RGB").resize((1024, 1024), Image.BILINEAR))
-
-
 def official_model(name: str, src: Path):
     package = "mobile_sam" if name == "mobile_sam" else "segment_anything"
-    candidates = OFFICIAL_DIRS["mobile_sam" if name == "mobile_sam" else "sam"]
-    root = next((src / c for c in candidates if (src / c / package).is_dir()), None)
-    if root is None:
-        raise SystemExit(f"no {package} checkout under {src} (looked for {', '.join(candidates)})")
+    root = find_checkout(src, OFFICIAL_DIRS["mobile_sam" if name == "mobile_sam" else "sam"], package)
     sys.path.insert(0, str(root))
     module = __import__(package)
     model = getattr(module, OFFICIAL_BUILDERS[name])()
@@ -69,7 +46,7 @@ def worker(name: str, impl: str, runs: int, official_src: str | None, compare: b
     import maskml
 
     torch.manual_seed(0)
-    image = test_image()
+    image = square_test_image()
     point = np.array([[512.0, 400.0]])
     label = np.array([1])
     ours = maskml.build_model(name)
@@ -101,6 +78,7 @@ def worker(name: str, impl: str, runs: int, official_src: str | None, compare: b
                 official.mask_decoder(predictor.features, official.prompt_encoder.get_dense_pe(), sparse, dense, False)
 
             result["decoder_ms"] = median_ms(decode, 5 * runs)
+            result["peak_rss_mb"] = peak_rss_mb()  # before the comparison builds maskml's predictor too
             if compare:
                 ours_predictor = maskml.ImagePredictor(ours)
                 ours_predictor.set_image(image)
@@ -109,7 +87,7 @@ def worker(name: str, impl: str, runs: int, official_src: str | None, compare: b
                 mine = ours_predictor.predict(points=point, labels=label).logits
                 theirs = torch.as_tensor(predictor.predict(point, label, multimask_output=False, return_logits=True)[0])
                 result["logits_max_abs_diff"] = float((mine - theirs).abs().max())
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result.setdefault("peak_rss_mb", peak_rss_mb())
     return result
 
 
@@ -128,9 +106,7 @@ def main() -> None:
         print(json.dumps(worker(*args.worker, args.runs, args.official_src, compare=True)))
         return
 
-    import torch
-
-    print(f"torch {torch.__version__}, {args.threads} threads, CPU: {os.cpu_count()} cores visible; "
+    print(f"{machine_line(args.threads)}; "
           f"1024x1024 image, median of {args.runs} runs (predict/decoder: {5 * args.runs})")
     rows = []
     impls = ["maskml"] + (["official", "official+malloc"] if args.official_src else [])
@@ -138,13 +114,8 @@ def main() -> None:
         for impl in impls:
             cmd = [sys.executable, __file__, "--worker", name, impl, "--runs", str(args.runs),
                    "--threads", str(args.threads)] + (["--official-src", args.official_src] if args.official_src else [])
-            env = dict(os.environ)
-            if impl == "official+malloc":  # what maskml.runtime.keep_freed_memory() sets with mallopt
-                env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if out.returncode != 0:
-                raise SystemExit(f"{name}/{impl} failed:\n{out.stderr}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            env = dict(os.environ, **(KEEP_FREED_MEMORY_ENV if impl == "official+malloc" else {}))
+            rows.append(run_worker(cmd, f"{name}/{impl}", env))
     header = ("| model | implementation | set_image (ms) | predict (ms) | decoder (ms) | peak RSS (MB) "
               "| encoder speed-up vs official | vs official+malloc |")
     print(header)
