@@ -12,7 +12,7 @@ from maskml.models.sam2.position_encoding import apply_rope, axial_rope_table
 
 class RoPEAttention(Attention):
     """Attention whose queries and (spatial) keys are rotated by their position on the feature grid.
-    Keys beyond the first `num_k_exclude_rope` from the end (object pointers) are not rotated."""
+    The last `num_k_exclude_rope` keys (object pointers) are not rotated."""
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1, kv_in_dim: int | None = None,
                  rope_theta: float = 10000.0, feat_sizes: tuple[int, int] = (64, 64)) -> None:
@@ -21,7 +21,7 @@ class RoPEAttention(Attention):
         self.feat_sizes = feat_sizes
         self._tables: dict = {}
 
-    def _rope(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rope(self, n: int, device: torch.device) -> torch.Tensor:
         side = int(round(n ** 0.5))  # queries cover a square grid, as in the official model
         key = (side, device)
         if key not in self._tables:
@@ -32,13 +32,13 @@ class RoPEAttention(Attention):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0) -> torch.Tensor:
         q = self.project_q(q)
         k, v = self.project_kv(k, v)
-        cos, sin = self._rope(q.shape[-2], q.device)
-        q = apply_rope(q, cos, sin)
+        rotations = self._rope(q.shape[-2], q.device)
+        q = apply_rope(q, rotations)
         num_rope = k.shape[-2] - num_k_exclude_rope
         if num_k_exclude_rope:
-            k = torch.cat([apply_rope(k[:, :, :num_rope], cos, sin), k[:, :, num_rope:]], dim=2)
+            k = torch.cat([apply_rope(k[:, :, :num_rope], rotations), k[:, :, num_rope:]], dim=2)
         else:
-            k = apply_rope(k, cos, sin)
+            k = apply_rope(k, rotations)
         out = F.scaled_dot_product_attention(q, k, v)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
