@@ -3,45 +3,22 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import pytest
-from PIL import Image
 
 import maskml
-from conftest import FIXTURES, write_parity_checkpoint
 from maskml import Prompt
 from maskml.cli import main
 from maskml.cli.track import parse_prompts
 from maskml.io.masks import read_mask, save_mask
 from maskml.io.video import VideoWriter, open_video
 
-JUDO = FIXTURES / "cutie" / "inputs" / "images" / "judo"
-
-
-@pytest.fixture(scope="module")
-def cutie_checkpoint(tmp_path_factory):
-    return write_parity_checkpoint(FIXTURES / "cutie" / "manifest_cutie_small.json",
-                                   tmp_path_factory.mktemp("ck") / "cutie-small-mega.pth")
-
-
-@pytest.fixture(scope="module")
-def small_video(tmp_path_factory):
-    """Six judo frames at 160x96 as a frame folder."""
-    folder = tmp_path_factory.mktemp("small") / "frames"
-    folder.mkdir()
-    for path in sorted(JUDO.glob("*.jpg"))[:6]:
-        frame = cv2.resize(np.array(Image.open(path).convert("RGB")), (160, 96), interpolation=cv2.INTER_AREA)
-        Image.fromarray(frame).save(folder / f"{path.stem}.png")
-    return folder
-
-
-def test_clicks_boxes_and_masks_on_several_frames(tmp_path, small_video, sam_checkpoints, cutie_checkpoint):
+def test_clicks_boxes_and_masks_on_several_frames(tmp_path, small_judo, sam_checkpoints, cutie_small_checkpoint):
     masks = tmp_path / "masks"
     masks.mkdir()
     given = np.zeros((96, 160), np.uint8)
     given[60:90, 5:30] = 3
     save_mask(masks / "00001.png", given)
     out, probs, overlay = tmp_path / "out", tmp_path / "probs", tmp_path / "tracked.mp4"
-    rc = main(["track", str(small_video), "--model", "cutie_small", "--checkpoint", str(cutie_checkpoint),
+    rc = main(["track", str(small_judo), "--model", "cutie_small", "--checkpoint", str(cutie_small_checkpoint),
                "--prompter", "mobile_sam", "--prompter-checkpoint", str(sam_checkpoints["mobile_sam"]),
                "--point", "1:0:80,50", "--point", "1:0:20,10,0", "--box", "2:3:100,20,150,90",
                "--point", "1:3:70,40", "--mask-dir", str(masks),
@@ -49,11 +26,11 @@ def test_clicks_boxes_and_masks_on_several_frames(tmp_path, small_video, sam_che
     assert rc == 0
 
     # the same through the Python API
-    pipe = maskml.Pipeline(maskml.VideoTracker(maskml.load_model("cutie_small", checkpoint=cutie_checkpoint)),
+    pipe = maskml.Pipeline(maskml.VideoTracker(maskml.load_model("cutie_small", checkpoint=cutie_small_checkpoint)),
                            prompter=maskml.load_model("mobile_sam", checkpoint=sam_checkpoints["mobile_sam"]))
     prompts = {0: [Prompt(1, points=[(80, 50), (20, 10)], labels=[1, 0])],
                3: [Prompt(1, points=[(70, 40)]), Prompt(2, box=(100, 20, 150, 90))]}
-    for index, name, frame in open_video(small_video):
+    for index, name, frame in open_video(small_judo):
         result = pipe.step(frame, prompts.get(index, ()), given if index == 1 else None)
         np.testing.assert_array_equal(read_mask(out / f"{name}.png"), result.labels.numpy())
         p = np.load(probs / f"{name}.npy")
@@ -77,7 +54,7 @@ def test_prompt_records():
     assert parse_prompts(["1:900:3,3"], [], size=(96, 160), frame_count=None) == {900: [Prompt(1, points=[(3, 3)])]}
 
 
-def test_bad_prompts_are_one_line_and_keep_earlier_results(tmp_path, small_video, capsys):
+def test_bad_prompts_are_one_line_and_keep_earlier_results(tmp_path, small_judo, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "earlier.png").write_text("earlier result")
@@ -86,7 +63,7 @@ def test_bad_prompts_are_one_line_and_keep_earlier_results(tmp_path, small_video
     one = np.zeros((96, 160), np.uint8)
     one[:10, :10] = 1
     save_mask(masks / "00002.png", one)
-    base = ["track", str(small_video), "--out", str(out)]
+    base = ["track", str(small_judo), "--out", str(out)]
     prompter = ["--prompter", "mobile_sam"]
 
     def fails(extra, message):
@@ -122,7 +99,7 @@ def test_camera_that_cannot_be_opened_prints_only_one_line(tmp_path, capfd):
     assert not (tmp_path / "out").exists()
 
 
-def test_stream_that_ends_early_keeps_its_results(tmp_path, sam_checkpoints, cutie_checkpoint, capsys):
+def test_stream_that_ends_early_keeps_its_results(tmp_path, sam_checkpoints, cutie_small_checkpoint, capsys):
     video = tmp_path / "clip.mp4"
     with VideoWriter(video, fps=30, size=(64, 48)) as writer:
         for i in range(8):
@@ -130,7 +107,7 @@ def test_stream_that_ends_early_keeps_its_results(tmp_path, sam_checkpoints, cut
             frame[10:30, 5 + 4 * i:25 + 4 * i] = 255
             writer.write(frame)
     out = tmp_path / "out"
-    rc = main(["track", f"file://{video}", "--checkpoint", str(cutie_checkpoint), "--prompter", "mobile_sam",
+    rc = main(["track", f"file://{video}", "--checkpoint", str(cutie_small_checkpoint), "--prompter", "mobile_sam",
                "--prompter-checkpoint", str(sam_checkpoints["mobile_sam"]), "--point", "1:0:15,20",
                "--point", "2:50:30,20", "--out", str(out), "--overlay", str(tmp_path / "live.mp4")])
     assert rc == 2

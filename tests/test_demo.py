@@ -7,14 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import maskml
-from conftest import FIXTURES, write_parity_checkpoint
 from maskml import Pipeline, Prompt
 from maskml.demo import DemoSession
 from maskml.io.masks import read_mask
@@ -25,24 +22,6 @@ from test_stream import GatedCamera, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 GUI_OPENCV = ROOT / "build" / "opencv-gui"  # OpenCV's desktop build, installed there by `make test`
-JUDO = FIXTURES / "cutie" / "inputs" / "images" / "judo"
-
-
-@pytest.fixture(scope="module")
-def cutie_checkpoint(tmp_path_factory):
-    return write_parity_checkpoint(FIXTURES / "cutie" / "manifest_cutie_small.json",
-                                   tmp_path_factory.mktemp("ck") / "cutie-small-mega.pth")
-
-
-@pytest.fixture(scope="module")
-def video(tmp_path_factory):
-    """Four judo frames at 160x96."""
-    folder = tmp_path_factory.mktemp("demo") / "frames"
-    folder.mkdir()
-    for path in sorted(JUDO.glob("*.jpg"))[:4]:
-        frame = cv2.resize(np.array(Image.open(path).convert("RGB")), (160, 96), interpolation=cv2.INTER_AREA)
-        Image.fromarray(frame).save(folder / f"{path.stem}.png")
-    return folder
 
 
 class Clock:
@@ -63,10 +42,10 @@ def expected_ids(predictor, prompts) -> torch.Tensor:
     return ids
 
 
-def test_events_become_prompts_tracked_objects_and_pictures(tmp_path, video, sam_checkpoints, cutie_checkpoint):
-    tracker = maskml.VideoTracker(maskml.load_model("cutie_small", checkpoint=cutie_checkpoint))
+def test_events_become_prompts_tracked_objects_and_pictures(tmp_path, small_judo, sam_checkpoints, cutie_small_checkpoint):
+    tracker = maskml.VideoTracker(maskml.load_model("cutie_small", checkpoint=cutie_small_checkpoint))
     pipe = Pipeline(tracker, maskml.load_model("mobile_sam", checkpoint=sam_checkpoints["mobile_sam"]))
-    session = DemoSession(pipe, open_video(video), save_dir=tmp_path / "saved", clock=Clock())
+    session = DemoSession(pipe, open_video(small_judo), save_dir=tmp_path / "saved", clock=Clock())
     assert (session.index, session.object_id, session.playing) == (0, 1, False) and not session.labels.any()
     assert session.status == "frame 0  0.0 fps  object 1  paused"
     plain = session.render()
@@ -116,17 +95,17 @@ def test_events_become_prompts_tracked_objects_and_pictures(tmp_path, video, sam
     session.on_key(" ")
     session.tick()
     assert session.index == 2 and pipe.object_ids == [1] and tracker.curr_ti == 3  # frame 1 again, then 2
-    session.tick()
-    session.tick()
-    assert session.ended and not session.playing and session.index == 3 and "end of the video" in session.message
+    for _ in range(4):
+        session.tick()
+    assert session.ended and not session.playing and session.index == 5 and "end of the video" in session.message
     session.on_key(" ")
     assert not session.playing
     assert not session.on_key("q")
 
 
-def test_a_tracker_that_takes_clicks_segments_at_once(video):
+def test_a_tracker_that_takes_clicks_segments_at_once(small_judo):
     tracker = BoxTracker()
-    session = DemoSession(Pipeline(tracker), open_video(video))
+    session = DemoSession(Pipeline(tracker), open_video(small_judo))
     session.on_mouse("left_down", 10, 20)
     session.on_mouse("left_up", 30, 40)
     assert int((session.labels == 1).sum()) == 20 * 20 and tracker.steps == 1
@@ -151,7 +130,7 @@ def xdotool(display: str, *args: str) -> str:
                           capture_output=True, text=True, timeout=120).stdout.strip()
 
 
-def test_window_under_xvfb(tmp_path, video, sam_checkpoints, cutie_checkpoint):
+def test_window_under_xvfb(tmp_path, small_judo, sam_checkpoints, cutie_small_checkpoint):
     """`maskml demo` in a real OpenCV window on a virtual display, clicked and typed at with xdotool."""
     missing = [tool for tool in ("Xvfb", "xdotool") if subprocess.run(["which", tool], capture_output=True).returncode]
     assert not missing and (GUI_OPENCV / "cv2").is_dir(), \
@@ -163,11 +142,11 @@ def test_window_under_xvfb(tmp_path, video, sam_checkpoints, cutie_checkpoint):
         display = f":{server.stdout.readline().strip()}"
         env = {**os.environ, "DISPLAY": display, "PYTHONPATH": str(GUI_OPENCV), "QT_QPA_PLATFORM": "xcb"}
         saved = tmp_path / "saved"
-        demo = subprocess.Popen([sys.executable, "-m", "maskml", "demo", str(video), "--checkpoint",
-                                 str(cutie_checkpoint), "--prompter", "mobile_sam", "--prompter-checkpoint",
+        demo = subprocess.Popen([sys.executable, "-m", "maskml", "demo", str(small_judo), "--checkpoint",
+                                 str(cutie_small_checkpoint), "--prompter", "mobile_sam", "--prompter-checkpoint",
                                  str(sam_checkpoints["mobile_sam"]), "--save-dir", str(saved)],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        window = xdotool(display, "search", "--sync", "--name", f"maskml demo: {video}").splitlines()[0]
+        window = xdotool(display, "search", "--sync", "--name", f"maskml demo: {small_judo}").splitlines()[0]
         xdotool(display, "mousemove", "--window", window, "80", "48", "click", "1")  # object 1
         xdotool(display, "key", "--window", window, "s")
         wait_until(lambda: (saved / "00000.png").exists())
@@ -175,10 +154,10 @@ def test_window_under_xvfb(tmp_path, video, sam_checkpoints, cutie_checkpoint):
         xdotool(display, "key", "--window", window, "space")  # track to the end of the video, then save
         for _ in range(120):
             xdotool(display, "key", "--window", window, "s")
-            if (saved / "00003.png").exists():
+            if (saved / "00005.png").exists():
                 break
             time.sleep(1)
-        assert (saved / "00003.png").exists()
+        assert (saved / "00005.png").exists()
         xdotool(display, "key", "--window", window, "q")
         output, _ = demo.communicate(timeout=60)
         assert demo.returncode == 0, output

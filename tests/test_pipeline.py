@@ -1,24 +1,13 @@
 """Pipeline: a prompter's masks become tracked objects; objects added, corrected and removed on any frame."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import maskml
-from conftest import FIXTURES, write_parity_checkpoint
 from maskml import MaskmlError, Pipeline, Prompt, TrackerOutput
-
-JUDO = FIXTURES / "cutie" / "inputs" / "images" / "judo"
-
-
-@pytest.fixture(scope="module")
-def cutie_checkpoint(tmp_path_factory):
-    return write_parity_checkpoint(FIXTURES / "cutie" / "manifest_cutie_small.json",
-                                   tmp_path_factory.mktemp("ck") / "cutie-small-mega.pth")
-
+from maskml.io.video import open_video
 
 @pytest.fixture(scope="module")
 def prompter(sam_checkpoints):
@@ -26,10 +15,8 @@ def prompter(sam_checkpoints):
 
 
 @pytest.fixture(scope="module")
-def frames():
-    """Judo frames at 320x180: small enough for quick tracking steps."""
-    return [cv2.resize(np.array(Image.open(p).convert("RGB")), (320, 180), interpolation=cv2.INTER_AREA)
-            for p in sorted(JUDO.glob("*.jpg"))[:5]]
+def frames(small_judo):
+    return [frame for _, _, frame in open_video(small_judo)]
 
 
 def prompter_ids(predictor, prompts) -> torch.Tensor:
@@ -41,25 +28,25 @@ def prompter_ids(predictor, prompts) -> torch.Tensor:
     return ids
 
 
-def test_add_correct_and_remove_objects(frames, prompter, cutie_checkpoint):
-    cutie = maskml.load_model("cutie_small", checkpoint=cutie_checkpoint)
+def test_add_correct_and_remove_objects(frames, prompter, cutie_small_checkpoint):
+    cutie = maskml.load_model("cutie_small", checkpoint=cutie_small_checkpoint)
     tracker = maskml.VideoTracker(cutie)
     pipe = Pipeline(tracker, prompter=prompter)
 
     before = pipe.step(frames[0])  # no object yet: the tracker is not even run
-    assert before.object_ids == [] and before.labels.shape == (180, 320) and not before.labels.any()
+    assert before.object_ids == [] and before.labels.shape == (96, 160) and not before.labels.any()
     assert tracker.curr_ti == -1
 
-    first = [Prompt(1, points=[(160, 90), (60, 40)], labels=[1, 0])]
+    first = [Prompt(1, points=[(80, 45), (30, 20)], labels=[1, 0])]
     out0 = pipe.step(frames[0], first)
     expected0 = prompter_ids(pipe.predictor, first)
     assert out0.object_ids == [1] and pipe.object_ids == [1]
     torch.testing.assert_close(out0.labels, expected0, rtol=0, atol=0)
     out1 = pipe.step(frames[1])
-    assert out1.object_ids == [1] and out1.probs.shape == (1, 180, 320)
+    assert out1.object_ids == [1] and out1.probs.shape == (1, 96, 160)
 
     # frame 2: object 1 corrected with a box, object 2 added; the masks replace the tracker's estimate
-    second = [Prompt(1, box=(100, 30, 220, 170)), Prompt(2, points=[(280, 150)])]
+    second = [Prompt(1, box=(50, 15, 110, 85)), Prompt(2, points=[(140, 75)])]
     pipe.segment(frames[2], second)
     embedding = pipe.predictor.get_image_embedding()
     out2 = pipe.step(frames[2], second)
@@ -83,11 +70,11 @@ def test_add_correct_and_remove_objects(frames, prompter, cutie_checkpoint):
     assert pipe.step(frames[4]).object_ids == [] and pipe.object_ids == []
 
 
-def test_prompts_combine_with_a_given_mask(frames, prompter, cutie_checkpoint):
-    pipe = Pipeline(maskml.VideoTracker(maskml.load_model("cutie_small", checkpoint=cutie_checkpoint)), prompter)
-    given = np.zeros((180, 320), np.uint8)
-    given[:, :40] = 3
-    prompts = [Prompt(1, points=[(200, 100)])]
+def test_prompts_combine_with_a_given_mask(frames, prompter, cutie_small_checkpoint):
+    pipe = Pipeline(maskml.VideoTracker(maskml.load_model("cutie_small", checkpoint=cutie_small_checkpoint)), prompter)
+    given = np.zeros((96, 160), np.uint8)
+    given[:, :20] = 3
+    prompts = [Prompt(1, points=[(100, 50)])]
     out = pipe.step(frames[0], prompts, mask=given)
     ids = prompter_ids(pipe.predictor, prompts)
     expected = torch.where(ids > 0, ids, torch.from_numpy(given).long())
@@ -95,16 +82,16 @@ def test_prompts_combine_with_a_given_mask(frames, prompter, cutie_checkpoint):
     torch.testing.assert_close(out.labels, expected, rtol=0, atol=0)
 
 
-def test_empty_prompter_mask_is_one_clear_error(frames, sam_checkpoints, cutie_checkpoint):
+def test_empty_prompter_mask_is_one_clear_error(frames, sam_checkpoints, cutie_small_checkpoint):
     blind = maskml.load_model("mobile_sam", checkpoint=sam_checkpoints["mobile_sam"])
     with torch.no_grad():  # a decoder whose mask logits are 0 everywhere: every mask is empty
         for p in blind.mask_decoder.output_hypernetworks_mlps.parameters():
             p.zero_()
-    pipe = Pipeline(maskml.VideoTracker(maskml.load_model("cutie_small", checkpoint=cutie_checkpoint)), blind)
+    pipe = Pipeline(maskml.VideoTracker(maskml.load_model("cutie_small", checkpoint=cutie_small_checkpoint)), blind)
     with pytest.raises(MaskmlError, match=r"objects \[4\] give an empty mask"):
         pipe.step(frames[0], [Prompt(4, points=[(10, 10)])])
-    with pytest.raises(MaskmlError, match="outside the 320x180 frame"):
-        pipe.step(frames[0], [Prompt(1, points=[(321, 10)])])
+    with pytest.raises(MaskmlError, match="outside the 160x96 frame"):
+        pipe.step(frames[0], [Prompt(1, points=[(161, 10)])])
     with pytest.raises(MaskmlError, match="one prompt per object"):
         pipe.step(frames[0], [Prompt(1, points=[(1, 1)]), Prompt(1, box=(0, 0, 5, 5))])
     assert pipe.object_ids == []
