@@ -183,6 +183,22 @@ def parse_prompts(points: list[str], boxes: list[str], size: tuple[int, int], fr
     return prompts
 
 
+def gather_objects(args, source) -> tuple[dict, dict, set[int]]:
+    """The objects of --mask-dir, --point and --box, checked against the opened source:
+    ({frame index: H x W ids}, {frame index: [Prompt]}, every object id)."""
+    from maskml.io.stream import LiveStream
+
+    live = isinstance(source, LiveStream)
+    if args.mask_dir and live:
+        raise MaskmlError("--mask-dir needs a video file or a frame folder (a live stream's frames are not "
+                          "known in advance): give the objects with --point/--box")
+    masks = load_prompt_masks(Path(args.mask_dir), source, source.size) if args.mask_dir else {}
+    mask_objects = {i: {int(v) for v in np.unique(ids) if v != 0} for i, ids in masks.items()}
+    prompts = parse_prompts(args.point, args.box, source.size, None if live else len(source), mask_objects)
+    all_ids = set().union(*mask_objects.values(), *({p.object_id for p in ps} for ps in prompts.values()))
+    return masks, prompts, all_ids
+
+
 def run(args) -> None:
     import maskml
     from maskml.io.results import ResultWriter, check_outputs
@@ -200,42 +216,31 @@ def run(args) -> None:
 
     source = open_source(args.video, args.camera)
     live = isinstance(source, LiveStream)
+    count = 0
     try:
-        if args.mask_dir and live:
-            raise MaskmlError("--mask-dir needs a video file or a frame folder (a live stream's frames are not "
-                              "known in advance): give the objects with --point/--box")
-        masks = load_prompt_masks(Path(args.mask_dir), source, source.size) if args.mask_dir else {}
-        mask_objects = {i: {int(v) for v in np.unique(ids) if v != 0} for i, ids in masks.items()}
-        prompts = parse_prompts(args.point, args.box, source.size, None if live else len(source), mask_objects)
-        all_ids = set().union(*mask_objects.values(), *({p.object_id for p in ps} for ps in prompts.values()))
+        masks, prompts, all_ids = gather_objects(args, source)
         tracker = maskml.VideoTracker(maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device),
                                       **options)
         prompter = maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint,
                                      device=args.device) if args.prompter else None
         pipeline = maskml.Pipeline(tracker, prompter)
-    except BaseException:
+        with ResultWriter(args.out, args.probs, args.overlay, object_ids=all_ids, size=source.size, fps=source.fps,
+                          source=None if live else source, total=None if live else len(source),
+                          desc=f"tracking with {args.model}") as results:
+            try:
+                for index, name, frame in source:
+                    result = pipeline.step(frame, prompts.pop(index, ()), masks.pop(index, None))
+                    results.write(index, name, frame, result)
+                    count += 1
+                    if live:
+                        results.bar.set_postfix(dropped=source.dropped, refresh=False)
+            except KeyboardInterrupt:
+                if not live:
+                    raise
+                print(f"\n{source.description}: stopped by the user", file=sys.stderr)  # how a live run ends
+    finally:
         if live:
             source.close()
-        raise
-
-    count = 0
-    with ResultWriter(args.out, args.probs, args.overlay, object_ids=all_ids, size=source.size, fps=source.fps,
-                      source=None if live else source, total=None if live else len(source),
-                      desc=f"tracking with {args.model}") as results:
-        try:
-            for index, name, frame in source:
-                result = pipeline.step(frame, prompts.pop(index, ()), masks.pop(index, None))
-                results.write(index, name, frame, result)
-                count += 1
-                if live:
-                    results.bar.set_postfix(dropped=source.dropped, refresh=False)
-        except KeyboardInterrupt:
-            if not live:
-                raise
-            print(f"\n{source.description}: stopped by the user", file=sys.stderr)  # the normal end of a live run
-        finally:
-            if live:
-                source.close()
     dropped = f", {source.dropped} dropped" if live else ""
     print(f"{count} frames{dropped}, objects {sorted(all_ids)} -> {args.out}")
     unreached = sorted(set(prompts) | set(masks))

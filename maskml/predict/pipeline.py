@@ -160,10 +160,11 @@ class Pipeline:
         self.object_ids = []
         self._embedded = None
 
-    @staticmethod
-    def _empty(frame) -> TrackerOutput:
+    def _empty(self, frame) -> TrackerOutput:
         shape = tuple(getattr(frame, "shape", ()))
         if len(shape) != 3 or shape[2] != 3:
             raise MaskmlError(f"a frame must be an H x W x 3 uint8 RGB array, got shape {shape}")
         h, w = shape[:2]
-        return TrackerOutput(probs=torch.zeros(0, h, w), object_ids=[], labels=torch.zeros(h, w, dtype=torch.int64))
+        device = getattr(self.tracker, "device", "cpu")  # where the tracker's own outputs are
+        return TrackerOutput(probs=torch.zeros(0, h, w, device=device), object_ids=[],
+                             labels=torch.zeros(h, w, dtype=torch.int64, device=device))
