@@ -146,7 +146,14 @@ def test_window_under_xvfb(tmp_path, small_judo, sam_checkpoints, cutie_small_ch
                                  str(cutie_small_checkpoint), "--prompter", "mobile_sam", "--prompter-checkpoint",
                                  str(sam_checkpoints["mobile_sam"]), "--save-dir", str(saved)],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        window = xdotool(display, "search", "--sync", "--name", f"maskml demo: {small_judo}").splitlines()[0]
+        for _ in range(1000):  # the title gets the video's name once the models are loaded
+            assert demo.poll() is None, demo.communicate()[0]
+            found = subprocess.run(["xdotool", "search", "--name", "^maskml demo: "], capture_output=True,
+                                   text=True, env={**os.environ, "DISPLAY": display}).stdout.split()
+            if found:
+                break
+            time.sleep(0.2)
+        window = found[0]
         xdotool(display, "mousemove", "--window", window, "80", "48", "click", "1")  # object 1
         xdotool(display, "key", "--window", window, "s")
         wait_until(lambda: (saved / "00000.png").exists())
