@@ -52,3 +52,23 @@ def truck_image() -> np.ndarray:
     from maskml.io.images import read_image
 
     return read_image(FIXTURES / "sam" / "truck_1200x800.png")
+
+
+@pytest.fixture(scope="session")
+def cutie_small_checkpoint(tmp_path_factory) -> Path:
+    return write_parity_checkpoint(FIXTURES / "cutie" / "manifest_cutie_small.json",
+                                   tmp_path_factory.mktemp("cutie") / "cutie-small-mega.pth")
+
+
+@pytest.fixture(scope="session")
+def small_judo(tmp_path_factory) -> Path:
+    """The first six judo frames at 160x96, as a frame folder: quick to track."""
+    import cv2
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("small_judo") / "frames"
+    folder.mkdir()
+    for path in sorted((FIXTURES / "cutie" / "inputs" / "images" / "judo").glob("*.jpg"))[:6]:
+        frame = cv2.resize(np.array(Image.open(path).convert("RGB")), (160, 96), interpolation=cv2.INTER_AREA)
+        Image.fromarray(frame).save(folder / f"{path.stem}.png")
+    return folder

@@ -1,8 +1,8 @@
-"""`maskml track`: objects given as masks on some frames, tracked through the whole video."""
+"""`maskml track`: objects given as masks, clicks or boxes on some frames, tracked through a video or a live stream."""
 from __future__ import annotations
 
 import argparse
-from contextlib import nullcontext
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +11,9 @@ from maskml.errors import MaskmlError
 
 EPILOG = """examples:
   maskml track video.mp4 --model cutie_small --mask-dir first_masks/ --out masks/ --overlay tracked.mp4
+  maskml track video.mp4 --prompter mobile_sam --point 1:0:320,200 --point 1:0:330,90,0 \\
+      --box 2:40:500,100,640,360 --out masks/
+  maskml track --camera 0 --prompter mobile_sam --point 1:0:320,240 --out masks/ --overlay live.mp4
   maskml track frames/ --model cutie_base --mask-dir annotations/ --out masks/ --probs probs/ \\
       --option mem_every=3 --option use_long_term=true --option long_term.max_mem_frames=4
 
@@ -18,6 +21,16 @@ Each PNG in --mask-dir is named after the frame it belongs to: the frame's file 
 folder (00005.png for 00005.jpg), the zero-based frame index written with five digits for a video
 file (00000.png is the first frame). It adds the objects it contains (palette index = object id;
 a plain 0/255 mask is object 1) from that frame on.
+
+--point OBJ:FRAME:X,Y[,LABEL] and --box OBJ:FRAME:X0,Y0,X1,Y1 give object OBJ (1 to 255) on frame
+FRAME (zero-based index) in pixels of the frame; LABEL 1 = object (default), 0 = background. The
+--prompter's mask for all points and the box of one OBJ:FRAME becomes that object there: a new
+object, or a correction of a tracked one. Several objects and frames combine, and combine with
+--mask-dir (an object is given one way per frame).
+
+A VIDEO that is no file or folder here but a URL (rtsp://, http://...) is read as a live stream,
+as --camera is: frames that come while the model is busy are dropped (the count is shown), FRAME
+counts the frames tracked, and Ctrl-C ends the stream keeping the results so far.
 """
 
 
@@ -51,20 +64,38 @@ def parse_options(items: list[str]) -> dict:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("track", help="track objects given as masks through a video",
-                              description="Track objects through a video file or a folder of frames.",
+    p = subparsers.add_parser("track", help="track objects given as masks, clicks or boxes through a video",
+                              description="Track objects through a video file, a folder of frames or a live stream.",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("video", help="video file (mp4, avi, mov, mkv) or folder of frames (jpg, png)")
-    p.add_argument("--model", default="cutie_small", help="tracker model (default: cutie_small)")
-    p.add_argument("--checkpoint", help="checkpoint file (default: the official file from the cache)")
-    p.add_argument("--mask-dir", required=True, help="folder of indexed PNG masks named after their frames")
+    add_source_arguments(p)
+    p.add_argument("--mask-dir", help="folder of indexed PNG masks named after their frames")
+    add_prompter_arguments(p)
+    p.add_argument("--point", action="append", default=[], metavar="OBJ:FRAME:X,Y[,LABEL]",
+                   help="a click on object OBJ in frame FRAME; LABEL 1 = object (default), 0 = background. Repeatable")
+    p.add_argument("--box", action="append", default=[], metavar="OBJ:FRAME:X0,Y0,X1,Y1",
+                   help="a box around object OBJ in frame FRAME. Repeatable")
     p.add_argument("--out", required=True, help="output folder: one indexed PNG per frame")
     p.add_argument("--probs", help="output folder: per frame float16 .npy (objects, H, W) of probabilities")
     p.add_argument("--overlay", help="output MP4 with the masks drawn over the frames")
+    p.set_defaults(func=run)
+
+
+def add_source_arguments(p) -> None:
+    """VIDEO or --camera, the tracker model and its options (shared with `maskml demo`)."""
+    p.add_argument("video", nargs="?", help="video file (mp4, avi, mov, mkv), folder of frames (jpg, png), "
+                                            "or a stream URL OpenCV can read")
+    p.add_argument("--camera", type=int, metavar="N", help="track the live camera N (0 = the first) instead")
+    p.add_argument("--model", default="cutie_small", help="tracker model (default: cutie_small)")
+    p.add_argument("--checkpoint", help="checkpoint file (default: the official file from the cache)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="engine option by its official name, e.g. mem_every=3 (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.set_defaults(func=run)
+
+
+def add_prompter_arguments(p, required: bool = False) -> None:
+    p.add_argument("--prompter", required=required,
+                   help="image model that turns clicks and boxes into masks (mobile_sam, sam_vit_b, ...)")
+    p.add_argument("--prompter-checkpoint", help="the prompter's checkpoint file (default: the official file)")
 
 
 def load_prompt_masks(mask_dir: Path, source, frame_size: tuple[int, int]) -> dict[int, np.ndarray]:
@@ -92,50 +123,129 @@ def load_prompt_masks(mask_dir: Path, source, frame_size: tuple[int, int]) -> di
     return masks
 
 
-def run(args) -> None:
-    import torch
-    from tqdm import tqdm
+PROMPT_FORMS = {"--point": "OBJ:FRAME:X,Y or OBJ:FRAME:X,Y,LABEL", "--box": "OBJ:FRAME:X0,Y0,X1,Y1"}
 
+
+def parse_prompts(points: list[str], boxes: list[str], size: tuple[int, int], frame_count: int | None,
+                  mask_objects: dict[int, set[int]] | None = None) -> dict:
+    """--point and --box values -> {frame index: [Prompt, one per object]}: all points and the box of
+    one OBJ:FRAME form one prompt. Checked: OBJ from 1 to 255, FRAME a frame of the video (any
+    FRAME >= 0 for a live source, frame_count None), points and box inside the (H, W) frame, at most
+    one box per object and frame, and no object given on a frame where --mask-dir already gives it
+    (mask_objects: {frame index: object ids of its mask})."""
+    from maskml.cli.segment import parse_numbers
+    from maskml.predict.pipeline import Prompt
+
+    mask_objects = mask_objects or {}
+    gathered: dict[tuple[int, int], dict] = {}
+    for option, texts in (("--point", points), ("--box", boxes)):
+        for text in texts:
+            parts = text.split(":")
+            if len(parts) != 3:
+                raise MaskmlError(f"{option} {text!r} is not of the form {PROMPT_FORMS[option]}")
+            try:
+                obj, frame = int(parts[0]), int(parts[1])
+                values = parse_numbers(parts[2], option, (2, 3) if option == "--point" else (4,))
+            except (ValueError, MaskmlError):
+                raise MaskmlError(f"{option} {text!r} is not of the form {PROMPT_FORMS[option]} "
+                                  f"(integers OBJ and FRAME, then numbers in pixels)") from None
+            if not 1 <= obj <= 255:
+                raise MaskmlError(f"{option} {text!r}: OBJ is an object id from 1 to 255, got {obj}")
+            if frame < 0 or frame_count is not None and frame >= frame_count:
+                frames = f"0 to {frame_count - 1}" if frame_count is not None else "0, 1, ..."
+                raise MaskmlError(f"{option} {text!r}: there is no frame {frame} (frames are numbered {frames})")
+            if obj in mask_objects.get(frame, ()):
+                raise MaskmlError(f"{option} {text!r}: object {obj} on frame {frame} is already given by the "
+                                  f"--mask-dir mask of that frame: use another OBJ for another object")
+            entry = gathered.setdefault((frame, obj), {"points": [], "labels": [], "box": None})
+            if option == "--point":
+                label = values[2] if len(values) == 3 else 1
+                if label not in (0, 1):
+                    raise MaskmlError(f"--point {text!r}: LABEL must be 1 (object) or 0 (background)")
+                try:
+                    Prompt(obj, points=[values[:2]]).check_inside(size)
+                except MaskmlError as exc:
+                    raise MaskmlError(f"--point {text!r}: {exc}") from None
+                entry["points"].append(values[:2])
+                entry["labels"].append(int(label))
+            else:
+                if entry["box"] is not None:
+                    raise MaskmlError(f"--box {text!r}: object {obj} already has a box on frame {frame} "
+                                      f"(one box per object and frame; add --point clicks to refine it)")
+                try:
+                    Prompt(obj, box=values).check_inside(size)
+                except MaskmlError as exc:
+                    raise MaskmlError(f"--box {text!r}: {exc}") from None
+                entry["box"] = values
+    prompts: dict[int, list] = {}
+    for (frame, obj), entry in sorted(gathered.items()):
+        prompts.setdefault(frame, []).append(Prompt(obj, **entry))
+    return prompts
+
+
+def gather_objects(args, source) -> tuple[dict, dict, set[int]]:
+    """The objects of --mask-dir, --point and --box, checked against the opened source:
+    ({frame index: H x W ids}, {frame index: [Prompt]}, every object id)."""
+    from maskml.io.stream import LiveStream
+
+    live = isinstance(source, LiveStream)
+    if args.mask_dir and live:
+        raise MaskmlError("--mask-dir needs a video file or a frame folder (a live stream's frames are not "
+                          "known in advance): give the objects with --point/--box")
+    masks = load_prompt_masks(Path(args.mask_dir), source, source.size) if args.mask_dir else {}
+    mask_objects = {i: {int(v) for v in np.unique(ids) if v != 0} for i, ids in masks.items()}
+    prompts = parse_prompts(args.point, args.box, source.size, None if live else len(source), mask_objects)
+    all_ids = set().union(*mask_objects.values(), *({p.object_id for p in ps} for ps in prompts.values()))
+    return masks, prompts, all_ids
+
+
+def run(args) -> None:
     import maskml
-    from maskml.io.draw import draw_masks
-    from maskml.io.masks import save_mask
-    from maskml.io.video import VideoWriter, atomic_dir, open_video
+    from maskml.io.results import ResultWriter, check_outputs
+    from maskml.io.stream import LiveStream, open_source
 
     options = parse_options(args.option)
-    for flag in ("out", "probs"):
-        path = getattr(args, flag)
-        if path and Path(path).exists() and not Path(path).is_dir():
-            raise MaskmlError(f"--{flag} {path} exists and is not a folder")
-    if args.overlay and Path(args.overlay).suffix.lower() != ".mp4":
-        raise MaskmlError(f"--overlay {args.overlay}: the overlay is written as an .mp4 file")
+    check_outputs(args.out, args.probs, args.overlay)
+    if (args.point or args.box) and not args.prompter:
+        raise MaskmlError("--point/--box need --prompter NAME: the image model that turns them into masks "
+                          "(e.g. --prompter mobile_sam)")
+    if args.prompter_checkpoint and not args.prompter:
+        raise MaskmlError("--prompter-checkpoint is given without --prompter")
+    if not (args.mask_dir or args.point or args.box):
+        raise MaskmlError("nothing to track: give the objects with --mask-dir and/or --point/--box")
 
-    source = open_video(args.video)
-    masks = load_prompt_masks(Path(args.mask_dir), source, source.size)
-    all_ids = sorted({int(i) for ids in masks.values() for i in np.unique(ids) if i != 0})
-    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
-    tracker = maskml.VideoTracker(model, **options)
-    first = min(masks)
-
-    height, width = source.size
-    with atomic_dir(args.out) as out_dir, \
-            (atomic_dir(args.probs) if args.probs else nullcontext()) as probs_dir, \
-            (VideoWriter(args.overlay, fps=source.fps, size=(width, height)) if args.overlay else nullcontext()) as video:
-        bar = tqdm(total=len(source), unit="frame", desc=f"tracking with {args.model}")
-        for index, name, frame in source:
-            if index < first:  # nothing to track yet: empty outputs keep one file per frame
-                labels = np.zeros((height, width), np.uint8)
-                probs = np.zeros((len(all_ids), height, width), np.float16)
-            else:
-                result = tracker.step(frame, mask=masks.get(index))
-                labels = result.labels.cpu().numpy()
-                probs = np.zeros((len(all_ids), height, width), np.float16)
-                for channel, obj in enumerate(result.object_ids):
-                    probs[all_ids.index(obj)] = result.probs[channel].cpu().numpy()
-            save_mask(out_dir / f"{name}.png", labels)
-            if probs_dir is not None:
-                np.save(probs_dir / f"{name}.npy", probs)
-            if video is not None:
-                video.write(draw_masks(frame, labels))
-            bar.update(1)
-        bar.close()
-    print(f"{len(source)} frames, objects {all_ids} -> {args.out}")
+    source = open_source(args.video, args.camera)
+    live = isinstance(source, LiveStream)
+    count = 0
+    try:
+        masks, prompts, all_ids = gather_objects(args, source)
+        tracker = maskml.VideoTracker(maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device),
+                                      **options)
+        prompter = maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint,
+                                     device=args.device) if args.prompter else None
+        pipeline = maskml.Pipeline(tracker, prompter)
+        with ResultWriter(args.out, args.probs, args.overlay, object_ids=all_ids, size=source.size, fps=source.fps,
+                          source=None if live else source, total=None if live else len(source),
+                          desc=f"tracking with {args.model}") as results:
+            try:
+                for index, name, frame in source:
+                    result = pipeline.step(frame, prompts.pop(index, ()), masks.pop(index, None))
+                    results.write(index, name, frame, result)
+                    count += 1
+                    if live:
+                        results.bar.set_postfix(dropped=source.dropped, refresh=False)
+            except KeyboardInterrupt:
+                if not live:
+                    raise
+                print(f"\n{source.description}: stopped by the user", file=sys.stderr)  # how a live run ends
+    finally:
+        if live:
+            source.close()
+    dropped = f", {source.dropped} dropped" if live else ""
+    print(f"{count} frames{dropped}, objects {sorted(all_ids)} -> {args.out}")
+    unreached = sorted(set(prompts) | set(masks))
+    if unreached:
+        what = source.description if live else f"video {args.video}"
+        reason = f" ({source.error})" if live and source.error else ""
+        raise MaskmlError(f"{what} ended after {count} frames{reason}, before frames {unreached} that have "
+                          f"objects: the results of those {count} frames are in {args.out}")

@@ -42,3 +42,15 @@ def draw_prompts(image: np.ndarray, points=(), labels=(), box=None) -> np.ndarra
         x0, y0, x1, y1 = (round(v) for v in box)
         cv2.rectangle(out, (x0, y0), (x1, y1), (30, 144, 255), 2, cv2.LINE_AA)
     return out
+
+
+def draw_text(image: np.ndarray, lines, color=(255, 255, 255), bottom: bool = False) -> np.ndarray:
+    """Lines of text on a dark band along the top (or bottom) edge, drawn in place; returns `image`."""
+    scale = max(0.4, min(image.shape[:2]) / 900)
+    step = int(26 * scale) + 6
+    top = image.shape[0] - step * len(lines) - 4 if bottom else 0
+    band = image[max(top, 0):top + step * len(lines) + 4]
+    band[:] = band // 3  # darkened, so the text reads on any frame
+    for i, line in enumerate(lines):
+        cv2.putText(image, line, (6, top + step * (i + 1) - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+    return image

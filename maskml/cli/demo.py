@@ -1,0 +1,48 @@
+"""`maskml demo`: an OpenCV window to click on objects of a video or a live camera and watch them tracked."""
+from __future__ import annotations
+
+import argparse
+
+from maskml.cli.track import add_prompter_arguments, add_source_arguments, parse_options
+
+EPILOG = """examples:
+  maskml demo video.mp4 --model cutie_small --prompter mobile_sam
+  maskml demo --camera 0 --model cutie_small --prompter mobile_sam --save-dir my_masks/
+
+in the window: left click = a point on the object, right click = a background point, drag = a box,
+n = next object, 1-9 = back to object 1-9, space = play / pause tracking, r = clear the current object, s = save the masks of
+the shown frame (an indexed PNG in --save-dir), q = quit. Clicks on any frame add objects or correct
+tracked ones from that frame on.
+
+The window needs OpenCV's desktop build (pip install opencv-python) and a display.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="interactive window: click on objects and watch them tracked",
+                              description="Click on objects in a video or a live camera and watch them tracked.",
+                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_source_arguments(p)
+    add_prompter_arguments(p, required=True)
+    p.add_argument("--save-dir", default="demo_masks", help="folder for the masks saved with s (default demo_masks)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    import maskml
+    from maskml.demo.session import DemoSession
+    from maskml.demo.window import check_display, run_window
+    from maskml.io.stream import open_source
+
+    options = parse_options(args.option)
+    check_display()
+    source = open_source(args.video, args.camera)
+    try:
+        tracker = maskml.VideoTracker(maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device),
+                                      **options)
+        prompter = maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint, device=args.device)
+        title = args.video if args.camera is None else f"camera {args.camera}"
+        run_window(DemoSession(maskml.Pipeline(tracker, prompter), source, save_dir=args.save_dir), title)
+    finally:
+        if hasattr(source, "close"):
+            source.close()

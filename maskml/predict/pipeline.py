@@ -1,0 +1,170 @@
+"""Click, then track: a prompter turns clicks and boxes into masks, a tracker carries them on.
+
+    pipe = Pipeline(VideoTracker(maskml.load_model("cutie_small")), prompter=maskml.load_model("mobile_sam"))
+    out = pipe.step(frame, [Prompt(1, points=[(320, 200)])])   # object 1 from one click
+    out = pipe.step(next_frame)                                  # tracked
+    out = pipe.step(later_frame, [Prompt(1, box=(40, 60, 300, 420)), Prompt(2, points=[(500, 90)])])
+    pipe.remove([2])
+
+A prompt for a tracked object corrects it on that frame: the prompter's mask replaces the tracker's
+estimate and enters its memory. The prompter is any image model ImagePredictor takes; its mask is the
+single-mask output's `logits > 0`.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+import numpy as np
+import torch
+
+from maskml.errors import MaskmlError
+from maskml.predict.cutie.tracker import TrackerOutput
+from maskml.predict.image import ImagePredictor
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Clicks and/or a box for one object on one frame, in pixels of the frame.
+
+    points: (x, y) pairs; labels: 1 object, 0 background, one per point (default all 1);
+    box: x0, y0, x1, y1 with x1 >= x0 and y1 >= y0."""
+
+    object_id: int
+    points: tuple[tuple[float, float], ...] = ()
+    labels: tuple[int, ...] = ()
+    box: tuple[float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.object_id, bool) or not isinstance(self.object_id, (int, np.integer)) or self.object_id < 1:
+            raise MaskmlError(f"an object id must be a positive integer, got {self.object_id!r}")
+        points = tuple((float(x), float(y)) for x, y in self.points)
+        labels = tuple(int(v) for v in self.labels) if self.labels else (1,) * len(points)
+        if len(labels) != len(points):
+            raise MaskmlError(f"object {self.object_id}: {len(points)} points but {len(labels)} labels")
+        if any(v not in (0, 1) for v in labels):
+            raise MaskmlError(f"object {self.object_id}: point labels must be 1 (object) or 0 (background)")
+        box = None if self.box is None else tuple(float(v) for v in self.box)
+        if box is not None and (len(box) != 4 or box[2] < box[0] or box[3] < box[1]):
+            raise MaskmlError(f"object {self.object_id}: a box is x0, y0, x1, y1 with x1 >= x0 and y1 >= y0, "
+                              f"got {self.box}")
+        if not points and box is None:
+            raise MaskmlError(f"object {self.object_id}: a prompt needs at least one point or a box")
+        object.__setattr__(self, "object_id", int(self.object_id))
+        object.__setattr__(self, "points", points)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "box", box)
+
+    def check_inside(self, size: tuple[int, int]) -> None:
+        """MaskmlError unless every point and the box lie within a frame of size (H, W)."""
+        h, w = size
+        for x, y in self.points:
+            if not (0 <= x <= w and 0 <= y <= h):
+                raise MaskmlError(f"point ({x:g}, {y:g}) of object {self.object_id} is outside the {w}x{h} frame")
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if not (0 <= x0 and 0 <= y0 and x1 <= w and y1 <= h):
+                raise MaskmlError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) of object {self.object_id} is outside "
+                                  f"the {w}x{h} frame")
+
+
+class Tracker(Protocol):
+    """What Pipeline needs from a video engine; VideoTracker (Cutie) is one.
+
+    step(frame, mask=None) -> TrackerOutput tracks one more frame (H x W x 3 uint8 RGB). `mask`, an
+    H x W map of object ids, adds the objects it holds, or replaces the tracker's estimate of tracked
+    ones on this frame, and that mask enters the tracker's memory.
+    delete_objects(ids) stops tracking objects; reset() forgets everything (a new video).
+
+    A tracker that takes clicks itself (SAM 2) declares a `prompts` keyword,
+    step(frame, mask=None, prompts=()), and gets the frame's Prompts unchanged; such a pipeline
+    needs no prompter."""
+
+    def step(self, frame, mask=None) -> TrackerOutput: ...
+
+    def delete_objects(self, ids) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+class Pipeline:
+    def __init__(self, tracker: Tracker, prompter=None) -> None:
+        """tracker: see Tracker; prompter: an image model (mobile_sam, sam_vit_*, ...) or None when
+        the tracker takes prompts itself."""
+        self.tracker = tracker
+        self.tracker_takes_prompts = "prompts" in inspect.signature(tracker.step).parameters
+        self.predictor = None if prompter is None else ImagePredictor(prompter)
+        self._embedded = None  # the frame the predictor holds the embedding of
+        self.object_ids: list[int] = []  # tracked now, as of the last step
+
+    def segment(self, frame, prompts: Iterable[Prompt]) -> torch.Tensor:
+        """The prompter's masks as one H x W int64 id map, later prompts on top of earlier ones.
+        The frame is embedded once per array object: repeated calls with the same array (more clicks
+        on one frame) only run the mask decoder."""
+        if self.predictor is None:
+            raise MaskmlError("this pipeline has no prompter to turn clicks into masks: "
+                              "give Pipeline(tracker, prompter=maskml.load_model('mobile_sam'))")
+        prompts = list(prompts)
+        ids = [p.object_id for p in prompts]
+        if len(set(ids)) != len(ids):
+            raise MaskmlError(f"one prompt per object and frame, got object ids {ids}: put all clicks of an "
+                              f"object into one Prompt")
+        if frame is not self._embedded:
+            self.predictor.set_image(frame)
+            self._embedded = frame
+        size = self.predictor.original_size
+        out = torch.zeros(size, dtype=torch.int64, device=self.predictor.device)
+        for prompt in prompts:
+            prompt.check_inside(size)
+            prediction = self.predictor.predict(points=prompt.points or None, labels=prompt.labels or None,
+                                                box=prompt.box, multimask=False)
+            out[prediction.logits[0] > 0] = prompt.object_id
+        missing = [i for i in ids if not bool((out == i).any())]
+        if missing:
+            raise MaskmlError(f"the prompts of objects {missing} give an empty mask on this frame (or one "
+                              f"covered by a later object): click on the object, or draw a box around it")
+        return out
+
+    def step(self, frame, prompts: Iterable[Prompt] = (), mask=None) -> TrackerOutput:
+        """Track one frame. `prompts` add objects or correct tracked ones on this frame; `mask`, an
+        H x W id map (e.g. an annotation file), does the same for the objects it holds, and prompts go
+        on top of it. A frame before any object costs nothing (an empty output)."""
+        prompts = list(prompts)
+        if self.tracker_takes_prompts:
+            if not prompts and mask is None and not self.object_ids:
+                return self._empty(frame)
+            out = self.tracker.step(frame, mask=mask, prompts=prompts)
+        else:
+            if prompts:
+                ids = self.segment(frame, prompts)
+                if mask is not None:
+                    given = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+                    ids = torch.where(ids > 0, ids, given.to(ids.device, torch.int64))
+                mask = ids
+            if mask is None and not self.object_ids:
+                return self._empty(frame)
+            out = self.tracker.step(frame, mask=mask)
+        self.object_ids = list(out.object_ids)
+        return out
+
+    def remove(self, ids: Iterable[int]) -> None:
+        """Stop tracking these objects."""
+        ids = {int(i) for i in ids}
+        self.tracker.delete_objects(ids)
+        self.object_ids = [i for i in self.object_ids if i not in ids]
+
+    def reset(self) -> None:
+        """Forget all objects (start a new video)."""
+        self.tracker.reset()
+        self.object_ids = []
+        self._embedded = None
+
+    def _empty(self, frame) -> TrackerOutput:
+        shape = tuple(getattr(frame, "shape", ()))
+        if len(shape) != 3 or shape[2] != 3:
+            raise MaskmlError(f"a frame must be an H x W x 3 uint8 RGB array, got shape {shape}")
+        h, w = shape[:2]
+        device = getattr(self.tracker, "device", "cpu")  # where the tracker's own outputs are
+        return TrackerOutput(probs=torch.zeros(0, h, w, device=device), object_ids=[],
+                             labels=torch.zeros(h, w, dtype=torch.int64, device=device))

@@ -1,0 +1,175 @@
+"""The interactive demo: its logic driven headless with synthetic events, and its window under Xvfb."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import maskml
+from maskml import Pipeline, Prompt
+from maskml.demo import DemoSession
+from maskml.io.masks import read_mask
+from maskml.io.stream import LiveStream
+from maskml.io.video import open_video
+from test_pipeline import BoxTracker
+from test_stream import GatedCamera, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+GUI_OPENCV = ROOT / "build" / "opencv-gui"  # OpenCV's desktop build, installed there by `make test`
+
+
+class Clock:
+    """Each reading is a quarter second after the previous one: a tracking step takes 0.25 s."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.25
+        return self.now
+
+
+def expected_ids(predictor, prompts) -> torch.Tensor:
+    ids = torch.zeros(predictor.original_size, dtype=torch.int64)
+    for p in prompts:
+        ids[predictor.predict(points=p.points or None, labels=p.labels or None, box=p.box).logits[0] > 0] = p.object_id
+    return ids
+
+
+def test_events_become_prompts_tracked_objects_and_pictures(tmp_path, small_judo, sam_checkpoints, cutie_small_checkpoint):
+    tracker = maskml.VideoTracker(maskml.load_model("cutie_small", checkpoint=cutie_small_checkpoint))
+    pipe = Pipeline(tracker, maskml.load_model("mobile_sam", checkpoint=sam_checkpoints["mobile_sam"]))
+    session = DemoSession(pipe, open_video(small_judo), save_dir=tmp_path / "saved", clock=Clock())
+    assert (session.index, session.object_id, session.playing) == (0, 1, False) and not session.labels.any()
+    assert session.status == "frame 0  0.0 fps  object 1  paused"
+    plain = session.render()
+    assert plain.shape == (96, 160, 3) and plain.dtype == np.uint8
+
+    session.on_mouse("left_down", 80, 48)
+    session.on_mouse("left_up", 81, 49)  # moved less than a drag: a click
+    session.on_mouse("right_down", 10, 10)
+    assert session.pending == {1: Prompt(1, points=[(81, 49), (10, 10)], labels=[1, 0])}
+    torch.testing.assert_close(session.labels, expected_ids(pipe.predictor, session.pending.values()), rtol=0, atol=0)
+    assert tracker.curr_ti == -1  # previews only: the tracker has not seen the clicks yet
+
+    session.on_mouse("left_down", 400, 10)
+    session.on_mouse("left_up", 400, 10)
+    assert "outside the 160x96 frame" in session.message and len(session.pending[1].points) == 2
+
+    session.on_key("n")
+    session.on_mouse("left_down", 100, 20)
+    session.on_mouse("move", 150, 90)
+    dragging = session.render()
+    assert tuple(dragging[55, 100]) == (30, 144, 255)  # the box being drawn
+    session.on_mouse("left_up", 150, 90)
+    assert session.object_id == 2 and session.pending[2] == Prompt(2, box=(100, 20, 150, 90))
+    torch.testing.assert_close(session.labels, expected_ids(pipe.predictor, session.pending.values()), rtol=0, atol=0)
+    assert not np.array_equal(session.render(), plain)
+
+    assert session.on_key("s")
+    np.testing.assert_array_equal(read_mask(tmp_path / "saved" / "00000.png"), session.labels.numpy())
+
+    session.on_key(" ")
+    session.tick()  # the prompts enter the tracker on frame 0, then frame 1 is tracked
+    assert session.playing and session.index == 1 and session.pending == {} and tracker.curr_ti == 1
+    assert pipe.object_ids == [1, 2] and session.fps == pytest.approx(4.0)
+    assert session.status == "frame 1  4.0 fps  object 2  playing"
+
+    session.on_key(" ")  # pause, correct object 1 on frame 1: only object 1's mask changes
+    tracked = session.labels.clone()
+    session.on_key("1")
+    session.on_mouse("left_down", 40, 30)
+    session.on_mouse("left_up", 40, 30)
+    fix = expected_ids(pipe.predictor, [Prompt(1, points=[(40, 30)])])
+    torch.testing.assert_close(session.labels, torch.where(fix > 0, fix, torch.where(tracked == 1, 0, tracked)),
+                               rtol=0, atol=0)
+    session.on_key("2")
+    session.on_key("r")
+    assert pipe.object_ids == [1] and not (session.labels == 2).any()
+    session.on_key(" ")
+    session.tick()
+    assert session.index == 2 and pipe.object_ids == [1] and tracker.curr_ti == 3  # frame 1 again, then 2
+    for _ in range(4):
+        session.tick()
+    assert session.ended and not session.playing and session.index == 5 and "end of the video" in session.message
+    session.on_key(" ")
+    assert not session.playing
+    assert not session.on_key("q")
+
+
+def test_a_tracker_that_takes_clicks_segments_at_once(small_judo):
+    tracker = BoxTracker()
+    session = DemoSession(Pipeline(tracker), open_video(small_judo))
+    session.on_mouse("left_down", 10, 20)
+    session.on_mouse("left_up", 30, 40)
+    assert int((session.labels == 1).sum()) == 20 * 20 and tracker.steps == 1
+    session.advance()
+    assert tracker.steps == 2 and int((session.labels == 1).sum()) == 400  # no second step for frame 0
+
+
+def test_live_source_shows_its_drops():
+    camera = GatedCamera(5)
+    stream = LiveStream(camera, "test camera")
+    session = DemoSession(Pipeline(BoxTracker()), stream)
+    camera.gate.release(3)
+    wait_until(lambda: stream.received == 4)
+    session.advance()
+    assert session.index == 1 and int(session.frame[0, 0, 0]) == 3
+    assert session.status.endswith("dropped 2")
+    stream.close()
+
+
+def xdotool(display: str, *args: str) -> str:
+    return subprocess.run(["xdotool", *args], env={**os.environ, "DISPLAY": display}, check=True,
+                          capture_output=True, text=True, timeout=120).stdout.strip()
+
+
+def test_window_under_xvfb(tmp_path, small_judo, sam_checkpoints, cutie_small_checkpoint):
+    """`maskml demo` in a real OpenCV window on a virtual display, clicked and typed at with xdotool."""
+    missing = [tool for tool in ("Xvfb", "xdotool") if subprocess.run(["which", tool], capture_output=True).returncode]
+    assert not missing and (GUI_OPENCV / "cv2").is_dir(), \
+        f"the window test needs Xvfb, xdotool and {GUI_OPENCV}: `make test` installs them (missing: {missing})"
+    server = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    demo = None
+    try:
+        display = f":{server.stdout.readline().strip()}"
+        env = {**os.environ, "DISPLAY": display, "PYTHONPATH": str(GUI_OPENCV), "QT_QPA_PLATFORM": "xcb"}
+        saved = tmp_path / "saved"
+        demo = subprocess.Popen([sys.executable, "-m", "maskml", "demo", str(small_judo), "--checkpoint",
+                                 str(cutie_small_checkpoint), "--prompter", "mobile_sam", "--prompter-checkpoint",
+                                 str(sam_checkpoints["mobile_sam"]), "--save-dir", str(saved)],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(1000):  # the title gets the video's name once the models are loaded
+            assert demo.poll() is None, demo.communicate()[0]
+            found = subprocess.run(["xdotool", "search", "--name", "^maskml demo: "], capture_output=True,
+                                   text=True, env={**os.environ, "DISPLAY": display}).stdout.split()
+            if found:
+                break
+            time.sleep(0.2)
+        window = found[0]
+        xdotool(display, "mousemove", "--window", window, "80", "48", "click", "1")  # object 1
+        xdotool(display, "key", "--window", window, "s")
+        wait_until(lambda: (saved / "00000.png").exists())
+        assert (read_mask(saved / "00000.png") == 1).any()
+        xdotool(display, "key", "--window", window, "space")  # track to the end of the video, then save
+        for _ in range(120):
+            xdotool(display, "key", "--window", window, "s")
+            if (saved / "00005.png").exists():
+                break
+            time.sleep(1)
+        assert (saved / "00005.png").exists()
+        xdotool(display, "key", "--window", window, "q")
+        output, _ = demo.communicate(timeout=60)
+        assert demo.returncode == 0, output
+    finally:
+        if demo is not None and demo.poll() is None:
+            demo.kill()
+        server.kill()
+        server.wait()
