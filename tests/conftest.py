@@ -72,3 +72,10 @@ def small_judo(tmp_path_factory) -> Path:
         frame = cv2.resize(np.array(Image.open(path).convert("RGB")), (160, 96), interpolation=cv2.INTER_AREA)
         Image.fromarray(frame).save(folder / f"{path.stem}.png")
     return folder
+
+
+@pytest.fixture(scope="session")
+def sam2_checkpoint(tmp_path_factory) -> Path:
+    """The sam2.1_hiera_t parity checkpoint in the official {'model': state_dict} layout."""
+    return write_parity_checkpoint(FIXTURES / "sam2" / "manifest_sam2.1_hiera_tiny.json",
+                                   tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt", wrap_key="model")

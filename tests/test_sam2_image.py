@@ -3,7 +3,6 @@ tolerances from the fixture README: logits max-abs 1e-3 / mean-abs 1e-4, IoU and
 mask IoU >= 0.999)."""
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import torch
 from PIL import Image
 
 import maskml
-from conftest import FIXTURES, write_parity_checkpoint
+from conftest import FIXTURES
 
 SAM2 = FIXTURES / "sam2"
 TRUCK = SAM2 / "inputs" / "truck_1200x800.jpg"
@@ -23,10 +22,8 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    path = write_parity_checkpoint(SAM2 / "manifest_sam2.1_hiera_tiny.json",
-                                   tmp_path_factory.mktemp("sam2img") / "sam2.1_hiera_tiny.pt", wrap_key="model")
-    p = maskml.ImagePredictor(maskml.load_model("sam2.1_hiera_t", checkpoint=path))
+def predictor(sam2_checkpoint):
+    p = maskml.ImagePredictor(maskml.load_model("sam2.1_hiera_t", checkpoint=sam2_checkpoint))
     image = np.array(Image.open(TRUCK).convert("RGB"))
     p.set_image(image)
     return p
@@ -82,3 +79,33 @@ def test_decoder_internals_match_official(predictor):
 def test_box_with_x1_before_x0_is_rejected(predictor):
     with pytest.raises(maskml.MaskmlError, match="x1 >= x0"):
         predictor.predict(box=[300, 10, 100, 50])
+
+
+def test_segment_cli_with_a_sam2_model(tmp_path, predictor, sam2_checkpoint):
+    from maskml.cli import main
+
+    mask_path, logits_path = tmp_path / "m.png", tmp_path / "l.npy"
+    assert main(["segment", str(TRUCK), "--model", "sam2.1_hiera_t", "--checkpoint", str(sam2_checkpoint),
+                 "--point", "333.5,250.25", "--multimask", "--out", str(mask_path), "--logits", str(logits_path)]) == 0
+    out = predictor.predict(points=[[333.5, 250.25]], labels=[1], multimask=True)
+    np.testing.assert_array_equal(np.load(logits_path), out.logits.numpy())
+    best = out.masks[int(out.scores.argmax())].numpy()
+    np.testing.assert_array_equal(np.array(Image.open(mask_path)) > 0, best)
+
+
+def test_automatic_masks_with_a_sam2_model(predictor):
+    """Each record is one of the predictor's masks for its grid point (filters off, so masks survive)."""
+    image = np.array(Image.open(TRUCK).convert("RGB"))
+    generator = maskml.AutomaticMaskGenerator(predictor.model, points_per_side=2, pred_iou_thresh=0.0,
+                                              stability_score_thresh=0.0, box_nms_thresh=1.0)
+    records = generator.generate(image)
+    assert records and {"segmentation", "bbox", "area", "predicted_iou", "stability_score", "point_coords",
+                        "crop_box"} <= set(records[0])
+    predictor.set_image(image)
+    for record in records:
+        out = predictor.predict(points=record["point_coords"], labels=[1], multimask=True)
+        k = int(np.argmin(np.abs(out.scores.numpy() - record["predicted_iou"])))
+        assert abs(float(out.scores[k]) - record["predicted_iou"]) < 1e-5
+        differ = out.masks[k].numpy() != record["segmentation"]  # batched decoding: float noise at |logit| ~1e-6
+        assert differ.sum() <= 10 and (np.abs(out.logits[k].numpy()[differ]) < 1e-4).all()
+        assert record["area"] == int(record["segmentation"].sum())

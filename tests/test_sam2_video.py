@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import maskml
-from conftest import FIXTURES, write_parity_checkpoint
+from conftest import FIXTURES
 from maskml.predict.sam2 import VideoSession
 
 SAM2 = FIXTURES / "sam2"
@@ -16,10 +16,8 @@ FRAMES = SAM2 / "inputs" / "bedroom"
 
 
 @pytest.fixture(scope="module")
-def sam2_model(tmp_path_factory):
-    path = write_parity_checkpoint(SAM2 / "manifest_sam2.1_hiera_tiny.json",
-                                   tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt", wrap_key="model")
-    return maskml.load_model("sam2.1_hiera_t", checkpoint=path)
+def sam2_model(sam2_checkpoint):
+    return maskml.load_model("sam2.1_hiera_t", checkpoint=sam2_checkpoint)
 
 
 def check(expected, prefix: str, steps, session, kind: str | None = None) -> None:

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from maskml.cli.track import add_prompter_arguments, add_source_arguments, parse_options
+from maskml.errors import MaskmlError
+
+from maskml.cli.track import add_prompter_arguments, add_source_arguments, load_tracker, parse_options, tracker_family
 
 EPILOG = """examples:
   maskml demo video.mp4 --model cutie_small --prompter mobile_sam
   maskml demo --camera 0 --model cutie_small --prompter mobile_sam --save-dir my_masks/
+  maskml demo video.mp4 --model sam2.1_hiera_t          (SAM 2 takes the clicks itself)
 
 in the window: left click = a point on the object, right click = a background point, drag = a box,
 n = next object, 1-9 = back to object 1-9, space = play / pause tracking, r = clear the current object, s = save the masks of
@@ -23,7 +26,7 @@ def register(subparsers) -> None:
                               description="Click on objects in a video or a live camera and watch them tracked.",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_arguments(p)
-    add_prompter_arguments(p, required=True)
+    add_prompter_arguments(p)
     p.add_argument("--save-dir", default="demo_masks", help="folder for the masks saved with s (default demo_masks)")
     p.set_defaults(func=run)
 
@@ -35,12 +38,14 @@ def run(args) -> None:
     from maskml.io.stream import open_source
 
     options = parse_options(args.option)
+    if tracker_family(args.model) == "cutie" and not args.prompter:
+        raise MaskmlError(f"{args.model} needs --prompter NAME (e.g. mobile_sam) to turn clicks into masks")
     check_display()
     source = open_source(args.video, args.camera)
     try:
-        tracker = maskml.VideoTracker(maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device),
-                                      **options)
-        prompter = maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint, device=args.device)
+        tracker = load_tracker(args, options)
+        prompter = maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint,
+                                     device=args.device) if args.prompter else None
         title = args.video if args.camera is None else f"camera {args.camera}"
         run_window(DemoSession(maskml.Pipeline(tracker, prompter), source, save_dir=args.save_dir), title)
     finally:

@@ -16,6 +16,7 @@ EPILOG = """examples:
   maskml track --camera 0 --prompter mobile_sam --point 1:0:320,240 --out masks/ --overlay live.mp4
   maskml track frames/ --model cutie_base --mask-dir annotations/ --out masks/ --probs probs/ \\
       --option mem_every=3 --option use_long_term=true --option long_term.max_mem_frames=4
+  maskml track frames/ --model sam2.1_hiera_t --point 1:0:210,350 --box 2:30:300,0,500,400 --out masks/
 
 Each PNG in --mask-dir is named after the frame it belongs to: the frame's file stem for a frame
 folder (00005.png for 00005.jpg), the zero-based frame index written with five digits for a video
@@ -27,6 +28,13 @@ FRAME (zero-based index) in pixels of the frame; LABEL 1 = object (default), 0 =
 --prompter's mask for all points and the box of one OBJ:FRAME becomes that object there: a new
 object, or a correction of a tracked one. Several objects and frames combine, and combine with
 --mask-dir (an object is given one way per frame).
+
+A SAM 2 --model (sam2.1_hiera_t, ...) takes the clicks and boxes itself (with --prompter, it gets
+the prompter's masks instead). On a video
+file or folder it tracks as the official video predictor: --direction both (the default) runs
+forward from the earliest prompted frame, then backward from the latest one, so frames before the
+first prompt are filled too; a frame computed twice keeps its later result; frames no pass reaches
+are written empty. Its --option names: keep_window, add_all_frames_to_correct_as_cond, cached_frames.
 
 A VIDEO that is no file or folder here but a URL (rtsp://, http://...) is read as a live stream,
 as --camera is: frames that come while the model is busy are dropped (the count is shown), FRAME
@@ -74,6 +82,9 @@ def register(subparsers) -> None:
                    help="a click on object OBJ in frame FRAME; LABEL 1 = object (default), 0 = background. Repeatable")
     p.add_argument("--box", action="append", default=[], metavar="OBJ:FRAME:X0,Y0,X1,Y1",
                    help="a box around object OBJ in frame FRAME. Repeatable")
+    p.add_argument("--direction", choices=("forward", "backward", "both"), default=None,
+                   help="SAM 2 on a video file or folder: track forward from the earliest prompted frame, backward "
+                        "from the latest, or both (default)")
     p.add_argument("--out", required=True, help="output folder: one indexed PNG per frame")
     p.add_argument("--probs", help="output folder: per frame float16 .npy (objects, H, W) of probabilities")
     p.add_argument("--overlay", help="output MP4 with the masks drawn over the frames")
@@ -90,6 +101,26 @@ def add_source_arguments(p) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="engine option by its official name, e.g. mem_every=3 (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
+def tracker_family(name: str) -> str:
+    """"cutie" or "sam2" for a tracker model name; an image-only model is a MaskmlError."""
+    from maskml.zoo import get_entry
+
+    family = get_entry(name).family
+    if family not in ("cutie", "sam2"):
+        raise MaskmlError(f"--model {name} is an image model, not a tracker: give it as --prompter, and a tracker "
+                          f"(cutie_small, cutie_base, sam2.1_hiera_t, ...) as --model")
+    return family
+
+
+def load_tracker(args, options: dict):
+    """The --model tracker: VideoTracker (Cutie) or Sam2Tracker, with its --option values."""
+    import maskml
+
+    family = tracker_family(args.model)
+    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    return maskml.VideoTracker(model, **options) if family == "cutie" else maskml.Sam2Tracker(model, **options)
 
 
 def add_prompter_arguments(p, required: bool = False) -> None:
@@ -206,9 +237,12 @@ def run(args) -> None:
 
     options = parse_options(args.option)
     check_outputs(args.out, args.probs, args.overlay)
-    if (args.point or args.box) and not args.prompter:
+    sam2 = tracker_family(args.model) == "sam2"
+    if args.direction and not sam2:
+        raise MaskmlError(f"--direction is for SAM 2 models; {args.model} tracks forward, frame by frame")
+    if (args.point or args.box) and not args.prompter and not sam2:
         raise MaskmlError("--point/--box need --prompter NAME: the image model that turns them into masks "
-                          "(e.g. --prompter mobile_sam)")
+                          "(e.g. --prompter mobile_sam), or a SAM 2 --model, which takes them itself")
     if args.prompter_checkpoint and not args.prompter:
         raise MaskmlError("--prompter-checkpoint is given without --prompter")
     if not (args.mask_dir or args.point or args.box):
@@ -219,8 +253,9 @@ def run(args) -> None:
     count = 0
     try:
         masks, prompts, all_ids = gather_objects(args, source)
-        tracker = maskml.VideoTracker(maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device),
-                                      **options)
+        if sam2 and not live:
+            return track_with_session(args, options, source, masks, prompts, all_ids)
+        tracker = load_tracker(args, options)
         prompter = maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint,
                                      device=args.device) if args.prompter else None
         pipeline = maskml.Pipeline(tracker, prompter)
@@ -249,3 +284,59 @@ def run(args) -> None:
         reason = f" ({source.error})" if live and source.error else ""
         raise MaskmlError(f"{what} ended after {count} frames{reason}, before frames {unreached} that have "
                           f"objects: the results of those {count} frames are in {args.out}")
+
+
+def track_with_session(args, options: dict, source, masks: dict, prompts: dict, all_ids: set[int]) -> None:
+    """SAM 2 on a video file or folder: every prompt added first, then the propagation passes."""
+    import itertools
+
+    import torch
+
+    import maskml
+    from maskml.io.results import ResultWriter
+    from maskml.predict.pipeline import prompt_masks
+    from maskml.predict.sam2.session import resolve_options
+    from maskml.predict.sam2.tracker import to_tracker_output
+
+    options = resolve_options(options)  # checked before the model loads
+    session = maskml.VideoSession(maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device),
+                                  source, **options)
+    if args.prompter:  # the prompter's masks become mask prompts
+        predictor = maskml.ImagePredictor(maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint,
+                                                            device=args.device))
+        for frame, frame_prompts in prompts.items():
+            predictor.set_image(source.frame(frame))
+            ids = prompt_masks(predictor, frame_prompts).cpu().numpy()
+            masks[frame] = np.where(ids > 0, ids, masks[frame]) if frame in masks else ids
+        prompts = {}
+    for frame, frame_prompts in prompts.items():
+        for p in frame_prompts:
+            session.add_points(frame, p.object_id, p.points or None, p.labels or None, box=p.box)
+    for frame, ids in masks.items():
+        ids = torch.from_numpy(np.asarray(ids))
+        for obj in ids.unique().tolist():
+            if obj:
+                session.add_mask(frame, obj, ids == obj)
+    prompted = sorted(set(prompts) | set(masks))
+    direction = args.direction or "both"
+    passes, total = [], 0
+    if direction in ("forward", "both"):
+        passes.append(session.propagate(start=prompted[0]))
+        total += len(source) - prompted[0]
+    if direction in ("backward", "both"):
+        passes.append(session.propagate(start=prompted[-1], reverse=True))
+        total += prompted[-1] + 1
+    h, w = source.size
+    empty = maskml.TrackerOutput(torch.zeros(0, h, w), [], torch.zeros(h, w, dtype=torch.int64))
+    written: set[int] = set()
+    with ResultWriter(args.out, args.probs, args.overlay, object_ids=all_ids, size=source.size, fps=source.fps,
+                      source=source, total=total, desc=f"tracking with {args.model} ({direction})") as results:
+        for step in itertools.chain(*passes):
+            index = step.frame_idx
+            results.write(index, source.names[index], source.frame(index),
+                          to_tracker_output(step.obj_ids, step.logits))
+            written.add(index)
+        for index in range(len(source)):  # frames no pass reached (before the first prompt, going forward only)
+            if index not in written:
+                results.write(index, source.names[index], source.frame(index), empty)
+    print(f"{len(source)} frames, objects {sorted(all_ids)} ({direction}) -> {args.out}")

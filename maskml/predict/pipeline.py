@@ -69,6 +69,27 @@ class Prompt:
                                   f"the {w}x{h} frame")
 
 
+def prompt_masks(predictor: ImagePredictor, prompts: Iterable[Prompt]) -> torch.Tensor:
+    """The masks of `prompts` on the predictor's image as one H x W int64 id map, later prompts on top."""
+    prompts = list(prompts)
+    ids = [p.object_id for p in prompts]
+    if len(set(ids)) != len(ids):
+        raise MaskmlError(f"one prompt per object and frame, got object ids {ids}: put all clicks of an "
+                          f"object into one Prompt")
+    size = predictor.original_size
+    out = torch.zeros(size, dtype=torch.int64, device=predictor.device)
+    for prompt in prompts:
+        prompt.check_inside(size)
+        prediction = predictor.predict(points=prompt.points or None, labels=prompt.labels or None, box=prompt.box,
+                                       multimask=False)
+        out[prediction.logits[0] > 0] = prompt.object_id
+    missing = [i for i in ids if not bool((out == i).any())]
+    if missing:
+        raise MaskmlError(f"the prompts of objects {missing} give an empty mask on this frame (or one "
+                          f"covered by a later object): click on the object, or draw a box around it")
+    return out
+
+
 class Tracker(Protocol):
     """What Pipeline needs from a video engine; VideoTracker (Cutie) is one.
 
@@ -78,8 +99,8 @@ class Tracker(Protocol):
     delete_objects(ids) stops tracking objects; reset() forgets everything (a new video).
 
     A tracker that takes clicks itself (SAM 2) declares a `prompts` keyword,
-    step(frame, mask=None, prompts=()), and gets the frame's Prompts unchanged; such a pipeline
-    needs no prompter."""
+    step(frame, mask=None, prompts=()), and gets the frame's Prompts unchanged when the pipeline has
+    no prompter; with a prompter it gets the prompter's masks, as any tracker."""
 
     def step(self, frame, mask=None) -> TrackerOutput: ...
 
@@ -93,7 +114,8 @@ class Pipeline:
         """tracker: see Tracker; prompter: an image model (mobile_sam, sam_vit_*, ...) or None when
         the tracker takes prompts itself."""
         self.tracker = tracker
-        self.tracker_takes_prompts = "prompts" in inspect.signature(tracker.step).parameters
+        # a tracker that takes clicks itself (SAM 2) gets them, unless a prompter is given to make masks
+        self.tracker_takes_prompts = prompter is None and "prompts" in inspect.signature(tracker.step).parameters
         self.predictor = None if prompter is None else ImagePredictor(prompter)
         self._embedded = None  # the frame the predictor holds the embedding of
         self.object_ids: list[int] = []  # tracked now, as of the last step
@@ -105,26 +127,10 @@ class Pipeline:
         if self.predictor is None:
             raise MaskmlError("this pipeline has no prompter to turn clicks into masks: "
                               "give Pipeline(tracker, prompter=maskml.load_model('mobile_sam'))")
-        prompts = list(prompts)
-        ids = [p.object_id for p in prompts]
-        if len(set(ids)) != len(ids):
-            raise MaskmlError(f"one prompt per object and frame, got object ids {ids}: put all clicks of an "
-                              f"object into one Prompt")
         if frame is not self._embedded:
             self.predictor.set_image(frame)
             self._embedded = frame
-        size = self.predictor.original_size
-        out = torch.zeros(size, dtype=torch.int64, device=self.predictor.device)
-        for prompt in prompts:
-            prompt.check_inside(size)
-            prediction = self.predictor.predict(points=prompt.points or None, labels=prompt.labels or None,
-                                                box=prompt.box, multimask=False)
-            out[prediction.logits[0] > 0] = prompt.object_id
-        missing = [i for i in ids if not bool((out == i).any())]
-        if missing:
-            raise MaskmlError(f"the prompts of objects {missing} give an empty mask on this frame (or one "
-                              f"covered by a later object): click on the object, or draw a box around it")
-        return out
+        return prompt_masks(self.predictor, prompts)
 
     def step(self, frame, prompts: Iterable[Prompt] = (), mask=None) -> TrackerOutput:
         """Track one frame. `prompts` add objects or correct tracked ones on this frame; `mask`, an

@@ -90,6 +90,24 @@ class _Frames:
         return self.video.frame(index) if hasattr(self.video, "frame") else self.video[index]
 
 
+OPTIONS = {"keep_window": 16, "add_all_frames_to_correct_as_cond": False, "cached_frames": 1}
+
+
+def resolve_options(options: dict) -> dict:
+    """VideoSession keyword options checked by name and type (for --option KEY=VALUE)."""
+    resolved = dict(OPTIONS)
+    for key, value in options.items():
+        if key not in OPTIONS:
+            raise MaskmlError(f"unknown SAM 2 option {key!r}; valid options: {', '.join(OPTIONS)}")
+        expected = type(OPTIONS[key])
+        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+            raise MaskmlError(f"SAM 2 option {key!r} must be {expected.__name__}, got {value!r}")
+        resolved[key] = value
+    if resolved["keep_window"] < 1 or resolved["cached_frames"] < 1:
+        raise MaskmlError("SAM 2 options keep_window and cached_frames must be at least 1")
+    return resolved
+
+
 class VideoSession:
     def __init__(self, model: Sam2, video, keep_window: int = 16, add_all_frames_to_correct_as_cond: bool = False,
                  cached_frames: int = 1) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from maskml.errors import MaskmlError
 from maskml.predict.cutie.tracker import TrackerOutput
-from maskml.predict.sam2.session import VideoSession
+from maskml.predict.sam2.session import VideoSession, resolve_options
 
 STREAM_LENGTH = 2**31 - 1  # a live stream has no known end: object pointers are coded as in a long video
 
@@ -37,16 +37,17 @@ class Sam2Tracker:
     """step(frame, mask=None, prompts=()) -> TrackerOutput; prompts are maskml.Prompt (clicks/boxes per
     object), mask an H x W id map (each id's pixels become that object's mask on this frame)."""
 
-    def __init__(self, model, keep_window: int = 16) -> None:
+    def __init__(self, model, **options) -> None:
+        """options: those of VideoSession (keep_window, ...)."""
         self.model = model
-        self.keep_window = keep_window
+        self.options = resolve_options(options)
         self._frames: _LiveFrames | None = None
         self._session: VideoSession | None = None
 
     def step(self, frame, mask=None, prompts=()) -> TrackerOutput:
         if self._session is None:
             self._frames = _LiveFrames(frame)
-            self._session = VideoSession(self.model, self._frames, keep_window=self.keep_window)
+            self._session = VideoSession(self.model, self._frames, **self.options)
         else:
             self._frames.push(frame)
         session, t = self._session, self._frames.index
