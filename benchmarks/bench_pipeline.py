@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pipeline.py                       # frames/s with 1 and 3 objects, click latency
     python benchmarks/bench_pipeline.py --stream 10000        # memory over a 10,000-frame generated video
+    python benchmarks/bench_pipeline.py --objects --stream 10000 --stream-size 320x180  # only that, smaller frames
 
 Frames are 854x480: examples/judo repeated, written to an MP4 and read back, so a run goes through the
 whole path of `maskml track --prompter`: decode, prompter, tracker, output PNGs. Objects are clicks on
@@ -59,30 +60,33 @@ def load_models(official: bool, folder: Path):
     return maskml.load_model("mobile_sam", checkpoint=sam), maskml.load_model("cutie_small", checkpoint=cutie)
 
 
-def write_video(path: Path, frames: int) -> None:
+def write_video(path: Path, frames: int, size: tuple[int, int] = (854, 480)) -> None:
+    """size: (width, height)."""
     import numpy as np
     from PIL import Image
 
     from maskml.io.video import VideoWriter
 
-    judo = [np.array(Image.open(p).convert("RGB")) for p in sorted((ROOT / "examples" / "judo").glob("*.jpg"))]
+    judo = [np.array(Image.open(p).convert("RGB").resize(size, Image.BILINEAR))
+            for p in sorted((ROOT / "examples" / "judo").glob("*.jpg"))]
     # forwards then backwards, so the motion has no jump where the clip repeats
     cycle = judo + judo[-2:0:-1]
-    with VideoWriter(path, fps=25, size=(854, 480)) as writer:
+    with VideoWriter(path, fps=25, size=size) as writer:
         for i in range(frames):
             writer.write(cycle[i % len(cycle)])
 
 
-def worker(objects: int, frames: int, official: bool, stream: bool) -> dict:
+def worker(objects: int, frames: int, official: bool, stream: bool, size: tuple[int, int] = (854, 480)) -> dict:
     import maskml
     from maskml.io.results import ResultWriter
     from maskml.io.video import open_video
 
-    clicks = [(427, 260), (300, 220), (560, 240)][:objects]
+    scale_x, scale_y = size[0] / 854, size[1] / 480
+    clicks = [(x * scale_x, y * scale_y) for x, y in [(427, 260), (300, 220), (560, 240)][:objects]]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         prompter, cutie = load_models(official, tmp)
-        write_video(tmp / "video.mp4", frames)
+        write_video(tmp / "video.mp4", frames, size)
         source = open_video(tmp / "video.mp4")
         pipe = maskml.Pipeline(maskml.VideoTracker(cutie), prompter)
         prompts = [maskml.Prompt(i + 1, points=[xy]) for i, xy in enumerate(clicks)]
@@ -120,10 +124,12 @@ def worker(objects: int, frames: int, official: bool, stream: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--objects", nargs="+", type=int, default=[1, 3], choices=[1, 2, 3])
+    parser.add_argument("--objects", nargs="*", type=int, default=[1, 3], choices=[1, 2, 3],
+                        help="object counts of the timing runs (none: only --stream)")
     parser.add_argument("--frames", type=int, default=12, help="frames per timing run (default 12)")
     parser.add_argument("--stream", type=int, default=0, help="also track one object through this many frames, "
                                                               "reporting memory every tenth of them")
+    parser.add_argument("--stream-size", default="854x480", metavar="WxH", help="frame size of the --stream video")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--official", action="store_true", help="the official checkpoints (from the cache)")
     parser.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
@@ -133,12 +139,13 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         objects, frames, stream = args.worker
-        print(json.dumps(worker(objects, frames, args.official, bool(stream))))
+        size = tuple(int(v) for v in args.stream_size.split("x")) if stream else (854, 480)
+        print(json.dumps(worker(objects, frames, args.official, bool(stream), size)))
         return
 
     def run(objects: int, frames: int, stream: bool) -> dict:
         cmd = [sys.executable, __file__, "--worker", str(objects), str(frames), str(int(stream)),
-               "--threads", str(args.threads)] + (["--official"] if args.official else [])
+               "--threads", str(args.threads), "--stream-size", args.stream_size] + (["--official"] if args.official else [])
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if out.returncode != 0:
             raise SystemExit(f"{objects} objects failed:\n{out.stderr[-3000:]}")
@@ -148,9 +155,10 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {args.threads} threads, mobile_sam -> cutie_small, 854x480 frames, "
           f"{'official' if args.official else 'parity'} weights")
-    print("| objects | embedding (ms) | decoder per object (ms) | click -> first mask (ms) | re-click (ms) "
-          "| end-to-end frames/s | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|")
+    if args.objects:
+        print("| objects | embedding (ms) | decoder per object (ms) | click -> first mask (ms) | re-click (ms) "
+              "| end-to-end frames/s | peak RSS (MB) |")
+        print("|---|---|---|---|---|---|---|")
     for objects in args.objects:
         r = run(objects, args.frames, False)
         print(f"| {objects} | {r['embed_ms']:.0f} | {r['decode_ms']:.0f} | {r['click_ms']:.0f} | "
@@ -158,7 +166,7 @@ def main() -> None:
     if args.stream:
         r = run(1, args.stream, True)
         step = max(args.stream // 10, 1)
-        print(f"\n1 object, {args.stream} frames ({r['fps']:.2f} frames/s): resident / malloc in use (MB) after "
+        print(f"\n1 object, {args.stream} frames of {args.stream_size} ({r['fps']:.2f} frames/s): resident / malloc in use (MB) after "
               f"every {step} frames: " + ", ".join(f"{rss}/{heap}" for rss, heap in r["memory"]))
 
 

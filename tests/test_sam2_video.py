@@ -78,7 +78,16 @@ def test_prompt_mid_video_forward_then_reverse(sam2_model):
     expected = np.load(SAM2 / "expected_video_mid_fwd_rev.npz")
     check(expected, "add0", [session.add_points(4, 1, [[95, 95]], [1])], session, "cond")
     check(expected, "fwd", list(session.propagate(start=4)), session)
-    check(expected, "rev", list(session.propagate(start=4, reverse=True)), session)
+    rev = list(session.propagate(start=4, reverse=True))
+    check(expected, "rev", rev, session)
+
+    # an object added after tracking started: the others keep their outputs, both are tracked from there
+    added = session.add_box(2, 2, [389, 13, 479, 125])
+    assert added.obj_ids == [1, 2]
+    assert torch.equal(added.logits[0], next(s for s in rev if s.frame_idx == 2).logits[0])
+    steps = list(session.propagate(start=2, max_frames=1))  # as officially: start plus max_frames more
+    assert [s.frame_idx for s in steps] == [2, 3] and all(s.logits.shape == (2, 270, 480) for s in steps)
+    assert torch.equal(steps[0].logits[1], added.logits[1])  # its conditioning output
 
 
 DECODED_SHA256 = {  # shared/parity/sam2/cases.json: sha256 of the RGB pixels the official loader decoded

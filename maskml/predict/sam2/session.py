@@ -344,7 +344,8 @@ class VideoSession:
     def propagate(self, start: int | None = None, reverse: bool = False,
                   max_frames: int | None = None) -> Iterator[PropagationStep]:
         """Track every object from `start` (default: the earliest conditioning frame) to the last frame, or
-        backwards to frame 0; yields each frame's logits of all objects."""
+        backwards to frame 0, or over `start` and the next `max_frames` frames (the official counting);
+        yields each frame's logits of all objects."""
         self._commit_prompts()
         if start is None:
             start = min(t for track in self.objects.values() for t in track.cond)
