@@ -54,8 +54,8 @@ def session():
 @pytest.mark.parametrize("call,match", [
     (lambda s: s.add_points(3, 1, [[10, 10]], [1]), "frame 3 does not exist"),
     (lambda s: s.add_points(-1, 1, [[10, 10]], [1]), "frame -1 does not exist"),
-    (lambda s: s.add_points(0, 0, [[10, 10]], [1]), "object id 0 is not a positive integer"),
-    (lambda s: s.add_points(0, "a", [[10, 10]], [1]), "object id 'a' is not a positive integer"),
+    (lambda s: s.add_points(0, 0, [[10, 10]], [1]), "an object id must be a positive integer, got 0"),
+    (lambda s: s.add_points(0, "a", [[10, 10]], [1]), "an object id must be a positive integer, got 'a'"),
     (lambda s: s.add_box(0, 1, [50, 10, 20, 30]), "x1 >= x0"),
     (lambda s: s.add_points(0, 1, [[70, 10]], [1]), "outside the 60x40 frame"),
     (lambda s: s.add_points(0, 1, [[10, 10], [20, 20]], [1]), "2 points but 1 labels"),

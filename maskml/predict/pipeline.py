@@ -24,6 +24,13 @@ from maskml.predict.cutie.tracker import TrackerOutput
 from maskml.predict.image import ImagePredictor
 
 
+def check_object_id(value) -> int:
+    """An object id is a positive integer (bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise MaskmlError(f"an object id must be a positive integer, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Prompt:
     """Clicks and/or a box for one object on one frame, in pixels of the frame.
@@ -37,8 +44,7 @@ class Prompt:
     box: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.object_id, bool) or not isinstance(self.object_id, (int, np.integer)) or self.object_id < 1:
-            raise MaskmlError(f"an object id must be a positive integer, got {self.object_id!r}")
+        check_object_id(self.object_id)
         points = tuple((float(x), float(y)) for x, y in self.points)
         labels = tuple(int(v) for v in self.labels) if self.labels else (1,) * len(points)
         if len(labels) != len(points):

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from maskml.errors import MaskmlError
 from maskml.io.video import open_video
 from maskml.models.sam2.sam2 import NO_OBJECT_LOGIT, FrameFeatures, Sam2
-from maskml.predict.image import as_image_tensor
+from maskml.predict.image import _as_float_array, as_image_tensor
+from maskml.predict.pipeline import check_object_id
 from maskml.predict.resize import resize_like_pillow
 from maskml.runtime import keep_freed_memory
 
@@ -51,8 +52,6 @@ class ObjectTrack:
     cond: dict[int, FrameOutput] = field(default_factory=dict)  # conditioning frames
     non_cond: dict[int, FrameOutput] = field(default_factory=dict)  # tracked frames and corrections
     pending: dict[str, dict[int, FrameOutput]] = field(default_factory=lambda: {"cond": {}, "non_cond": {}})
-    points: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # 1024-frame coords, labels
-    masks: dict[int, torch.Tensor] = field(default_factory=dict)
     tracked: dict[int, bool] = field(default_factory=dict)  # frame -> tracked in reverse
 
     def output(self, frame: int, kind: str | None = None) -> FrameOutput | None:
@@ -168,12 +167,6 @@ class VideoSession:
             raise MaskmlError(f"frame {frame!r} does not exist: the video has frames 0 to {self.num_frames - 1}")
         return int(frame)
 
-    @staticmethod
-    def _check_obj_id(obj_id) -> int:
-        if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)) or obj_id < 1:
-            raise MaskmlError(f"object id {obj_id!r} is not a positive integer")
-        return int(obj_id)
-
     def _track(self, obj_id: int) -> ObjectTrack:
         return self.objects.setdefault(obj_id, ObjectTrack())
 
@@ -186,11 +179,9 @@ class VideoSession:
         """Clicks (P, 2) pixels (x, y) with labels (P,) (1 object, 0 background), and/or a box (x0, y0, x1, y1),
         for object `obj_id` on `frame`; they replace that object's earlier prompts on the frame. Returns the
         frame's logits of every object (those without an output there: -1024)."""
-        frame, obj_id = self._check_frame(frame), self._check_obj_id(obj_id)
+        frame, obj_id = self._check_frame(frame), check_object_id(obj_id)
         coords, point_labels = self._prompt_tensors(points, labels, box)
-        track = self._track(obj_id)
-        track.points[frame] = (coords, point_labels)
-        track.masks.pop(frame, None)
+        self._track(obj_id)
         return self._run_prompt(frame, obj_id, points=(coords, point_labels))
 
     def add_box(self, frame: int, obj_id: int, box, points=None, labels=None) -> PropagationStep:
@@ -199,7 +190,7 @@ class VideoSession:
     @torch.inference_mode()
     def add_mask(self, frame: int, obj_id: int, mask) -> PropagationStep:
         """A binary mask (H, W) of the object on `frame` (any size; resized to the model's input)."""
-        frame, obj_id = self._check_frame(frame), self._check_obj_id(obj_id)
+        frame, obj_id = self._check_frame(frame), check_object_id(obj_id)
         m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
         if m.ndim != 2:
             raise MaskmlError(f"a mask must be 2-D (H x W), got shape {tuple(m.shape)}")
@@ -209,14 +200,10 @@ class VideoSession:
         size = self.model.image_size
         if m.shape[-2:] != (size, size):
             m = (F.interpolate(m, (size, size), mode="bilinear", align_corners=False, antialias=True) >= 0.5).float()
-        track = self._track(obj_id)
-        track.masks[frame] = m
-        track.points.pop(frame, None)
+        self._track(obj_id)
         return self._run_prompt(frame, obj_id, mask=m)
 
     def _prompt_tensors(self, points, labels, box) -> tuple[torch.Tensor, torch.Tensor]:
-        from maskml.predict.image import _as_float_array
-
         parts, part_labels = [], []
         h, w = self.video_size
         if box is not None:
