@@ -45,7 +45,6 @@ class HeadOutput:
     logits: torch.Tensor  # (B, 1, 256, 256) the chosen mask (best IoU when M = 3)
     obj_ptr: torch.Tensor  # (B, 256) object pointer of the chosen mask
     object_score: torch.Tensor  # (B, 1) object-presence logit
-    token0_ious: torch.Tensor | None = None
 
 
 class Sam2(nn.Module):
