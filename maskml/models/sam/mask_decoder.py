@@ -67,22 +67,28 @@ class MaskDecoder(nn.Module):
         """image_embeddings (1 or B, C, h, w); image_pe (1, C, h, w); sparse (B, N, C); dense (1 or B, C, h, w).
         A batch of 1 is shared by all B prompts. image_cache: transformer.image_cache(image_embeddings +
         dense, image_pe), valid while the dense embedding is the same for every prompt (no mask prompt)."""
+        stability_fallback = not multimask_output and self.dynamic_multimask_via_stability and not self.training
+        if multimask_output:
+            wanted = slice(1, None)
+        else:
+            wanted = slice(None) if stability_fallback else slice(0, 1)
         masks, iou_pred, mask_tokens_out, object_score_logits = self._predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, high_res_features,
-            image_cache)
-        if multimask_output:
-            masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
-        elif self.dynamic_multimask_via_stability and not self.training:
+            image_cache, wanted)
+        if stability_fallback:
             masks, iou_pred = self._stability_fallback(masks, iou_pred)
         else:
-            masks, iou_pred = masks[:, :1], iou_pred[:, :1]
+            iou_pred = iou_pred[:, wanted]
         if multimask_output and self.use_multimask_token_for_obj_ptr:
             tokens = mask_tokens_out[:, 1:]
         else:
             tokens = mask_tokens_out[:, :1]
         return DecoderOutput(masks, iou_pred, tokens, object_score_logits)
 
-    def _predict_masks(self, image_embeddings, image_pe, sparse, dense, high_res_features, image_cache):
+    def _predict_masks(self, image_embeddings, image_pe, sparse, dense, high_res_features, image_cache,
+                       wanted: slice = slice(None)):
+        """Masks of the mask tokens in `wanted` only (each costs a pass over the upscaled pixels); IoU,
+        tokens and object score of all."""
         heads = [self.iou_token.weight, self.mask_tokens.weight]
         if self.pred_obj_scores:
             heads.insert(0, self.obj_score_token.weight)
@@ -104,8 +110,8 @@ class MaskDecoder(nn.Module):
             upscaled = act2(deconv2(upscaled) + feat_s0)
         else:
             upscaled = self.output_upscaling(src)
-        hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-                               dim=1)
+        mlps = list(enumerate(self.output_hypernetworks_mlps))[wanted]
+        hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in mlps], dim=1)
         b, c, h, w = upscaled.shape
         pixels = upscaled.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view when channels-last
         masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
