@@ -76,6 +76,6 @@ def find_checkout(src: str | Path, names: tuple[str, ...], package: str) -> Path
     """The official checkout holding `package`: `src` itself, or one of `names` inside it."""
     src = Path(src)
     for root in (src, *(src / n for n in names)):
-        if (root / package / "__init__.py").is_file():
+        if (root / package).is_dir():  # with or without __init__.py (Cutie's is a namespace package)
             return root
     raise SystemExit(f"no {package} checkout at {src} (nor {', '.join(names)} inside it)")

@@ -59,6 +59,38 @@ class InferenceCache(nn.Module):
         return self._cache[1]
 
 
+def fold_batch_norm(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of the one convolution equal to a bias-free convolution followed by `bn` in eval mode."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+
+
+class ConvBNCache(InferenceCache):
+    """Base of the modules built of (bias-free Conv2d, BatchNorm2d) pairs, listed by conv_bn_pairs():
+    outside training each pair runs as one convolution with the BatchNorm folded in, the folded weights
+    computed once for inference (see InferenceCache)."""
+
+    def conv_bn_pairs(self) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+        raise NotImplementedError
+
+    def _folded(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [fold_batch_norm(conv.weight, bn) for conv, bn in self.conv_bn_pairs()]
+
+    def conv_bn(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        pairs = self.conv_bn_pairs()
+        conv, bn = pairs[index]
+        if self.training:  # batch statistics
+            return bn(conv(x))
+        sources = tuple(t for c, b in pairs for t in (c.weight, b.weight, b.bias, b.running_mean, b.running_var))
+        weight, bias = self.derived(sources, self._folded)[index]
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def relu_inplace(x: torch.Tensor) -> torch.Tensor:
+    """ReLU, in place on a fresh tensor when no graph is recorded."""
+    return x.relu_() if is_inference() else F.relu(x)
+
+
 def _spans(n: int, ws: int) -> list[tuple[slice, slice, int]]:
     """Along one axis of length n cut into windows of ws: (image slice, window slice, extent inside
     those windows) for the whole windows and for the partial last one, whose rest is padding."""

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskml.models.common import relu_inplace
 from maskml.models.cutie.resnet import ResNetTrunk
 
 
@@ -29,10 +30,14 @@ class GConv2d(nn.Conv2d):
         return out.view(b, n, *out.shape[1:])
 
 
-def resize_groups(g: torch.Tensor, ratio: float, mode: str) -> torch.Tensor:
+def resize_groups(g: torch.Tensor, ratio: float, mode: str, channels_last: bool = False) -> torch.Tensor:
     b, n = g.shape[:2]
-    out = F.interpolate(g.flatten(0, 1), scale_factor=ratio, mode=mode,
-                        align_corners=False if mode == "bilinear" else None)
+    x = g.flatten(0, 1)
+    if channels_last:
+        # a copy even when x looks channels-last already: a view with one object has a size-1 batch
+        # axis whose stride interpolate() does not read as channels-last, and it would answer in NCHW
+        x = x.clone(memory_format=torch.channels_last)
+    out = F.interpolate(x, scale_factor=ratio, mode=mode, align_corners=False if mode == "bilinear" else None)
     return out.view(b, n, *out.shape[1:])
 
 
@@ -50,7 +55,7 @@ class CAResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = x
-        x = self.conv2(F.relu(self.conv1(F.relu(x))))
+        x = self.conv2(relu_inplace(self.conv1(F.relu(x))))
         b, c = x.shape[:2]
         w = self.conv(x.mean(dim=(2, 3)).view(b, 1, c)).transpose(-1, -2).unsqueeze(-1).sigmoid()
         return x * w + self.downsample(r)
@@ -64,7 +69,7 @@ class GroupResBlock(nn.Module):
         self.conv2 = GConv2d(out_dim, out_dim, 3, padding=1)
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
-        return self.conv2(F.relu(self.conv1(F.relu(g)))) + self.downsample(g)
+        return self.conv2(relu_inplace(self.conv1(F.relu(g)))) + self.downsample(g)
 
 
 class Distributor(nn.Module):
@@ -136,13 +141,14 @@ class PixelEncoder(ResNetTrunk):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # the trunk runs faster in channels-last order (convolutions, and max-pooling by far); the
-        # rest of the network mixes object groups in, so the features go back to contiguous NCHW
+        # stride-16 features, mixed with object groups by the rest of the network, go back to NCHW;
+        # f8 and f4 only feed the decoder's skip convolutions, which run channels-last anyway
         x = x.contiguous(memory_format=torch.channels_last)
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        x = F.max_pool2d(relu_inplace(self.stem(x)), 3, 2, 1)
         f4 = self.res2(x)
         f8 = self.layer2(f4)
         f16 = self.layer3(f8)
-        return f16.contiguous(), f8.contiguous(), f4.contiguous()
+        return f16.contiguous(), f8, f4
 
 
 class KeyProjection(nn.Module):
@@ -173,7 +179,7 @@ class MaskEncoder(ResNetTrunk):
         b, n = masks.shape[:2]
         g = torch.cat([image.unsqueeze(1).expand(-1, n, -1, -1, -1), masks.unsqueeze(2), others.unsqueeze(2)], 2)
         g = g.flatten(0, 1).contiguous(memory_format=torch.channels_last)  # as in PixelEncoder
-        g = F.relu(F.max_pool2d(self.bn1(self.conv1(g)), 3, 2, 1))
+        g = relu_inplace(F.max_pool2d(self.stem(g), 3, 2, 1))
         g = self.layer3(self.layer2(self.layer1(g))).contiguous()
         g = self.fuser(pix_feat, g.view(b, n, *g.shape[1:]))
         new_sensory = self.sensory_update(g, sensory) if deep_update else sensory
@@ -201,7 +207,9 @@ class MaskUpsampleBlock(nn.Module):
         self.out_conv = GroupResBlock(in_dim, out_dim)
 
     def forward(self, g: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.out_conv(resize_groups(g, 2, "bilinear") + skip.unsqueeze(1))
+        # upsampled in channels-last order, like the skip features and the convolutions that follow:
+        # every element-wise op on the way then sees one memory layout and needs no copy
+        return self.out_conv(resize_groups(g, 2, "bilinear", channels_last=True) + skip.unsqueeze(1))
 
 
 class DecoderFeatureProcessor(nn.Module):

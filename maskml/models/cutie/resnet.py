@@ -2,11 +2,33 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from maskml.models.common import ConvBNCache, is_inference, relu_inplace
 
-class BasicBlock(nn.Module):
+
+def residual_relu(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """relu(out + shortcut), in place on the fresh `out` when no graph is recorded."""
+    return out.add_(shortcut).relu_() if is_inference() else (out + shortcut).relu()
+
+
+class Block(ConvBNCache):
+    """A residual block: its (conv, bn) pairs in order, then the downsampling pair if any (registered
+    last, for torchvision's key order)."""
+
+    downsample: nn.Sequential | None
+
+    def main_pairs(self) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+        raise NotImplementedError
+
+    def conv_bn_pairs(self):
+        return self.main_pairs() + ([tuple(self.downsample)] if self.downsample is not None else [])
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.conv_bn(len(self.main_pairs()), x)
+
+
+class BasicBlock(Block):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
@@ -17,13 +39,15 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
+    def main_pairs(self):
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + (self.downsample(x) if self.downsample is not None else x))
+        out = relu_inplace(self.conv_bn(0, x))
+        return residual_relu(self.conv_bn(1, out), self.shortcut(x))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(Block):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
@@ -36,11 +60,13 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.downsample = downsample
 
+    def main_pairs(self):
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + (self.downsample(x) if self.downsample is not None else x))
+        out = relu_inplace(self.conv_bn(0, x))
+        out = relu_inplace(self.conv_bn(1, out))
+        return residual_relu(self.conv_bn(2, out), self.shortcut(x))
 
 
 def make_layer(block, inplanes: int, planes: int, blocks: int, stride: int = 1) -> tuple[nn.Sequential, int]:
@@ -54,7 +80,7 @@ def make_layer(block, inplanes: int, planes: int, blocks: int, stride: int = 1) 
     return nn.Sequential(*layers), inplanes
 
 
-class ResNetTrunk(nn.Module):
+class ResNetTrunk(ConvBNCache):
     """conv1, bn1, (maxpool), layer1..layer3 of ResNet-18 ("resnet18") or ResNet-50 ("resnet50").
     `first_layer_name` is "layer1", or "res2" for Cutie's pixel encoder."""
 
@@ -73,3 +99,10 @@ class ResNetTrunk(nn.Module):
     @property
     def first_layer(self) -> nn.Sequential:
         return getattr(self, self.first_layer_name)
+
+    def conv_bn_pairs(self):
+        return [(self.conv1, self.bn1)]
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1 + bn1 (BatchNorm folded in outside training)."""
+        return self.conv_bn(0, x)

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.common import InferenceCache, gelu_inplace, is_inference, window_partition, window_regions
+from maskml.models.common import ConvBNCache, InferenceCache, gelu_inplace, is_inference, window_partition, window_regions
 
 
-class Conv2d_BN(InferenceCache):
+class Conv2d_BN(ConvBNCache):
     """Bias-free convolution + BatchNorm (keys `c.*`, `bn.*`) on (B, H, W, C) tensors."""
 
     def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 1, stride: int = 1, padding: int = 0,
@@ -29,21 +29,11 @@ class Conv2d_BN(InferenceCache):
         self.c = nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_chans)
 
-    def _fold(self) -> tuple[torch.Tensor, torch.Tensor]:
-        bn = self.bn
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        return self.c.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+    def conv_bn_pairs(self):
+        return [(self.c, self.bn)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
-        if self.training:
-            y = self.bn(self.c(x))
-        else:
-            bn = self.bn
-            sources = (self.c.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-            weight, bias = self.derived(sources, self._fold)
-            y = F.conv2d(x, weight, bias, self.c.stride, self.c.padding, 1, self.c.groups)
-        return y.permute(0, 2, 3, 1)
+        return self.conv_bn(0, x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # NCHW view of channels-last memory
 
 
 class PatchEmbed(nn.Module):

@@ -7,18 +7,24 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 
 def similarity(mem_key: torch.Tensor, mem_shrinkage: torch.Tensor, query_key: torch.Tensor,
                query_selection: torch.Tensor) -> torch.Tensor:
     """Anisotropic negative squared L2 distance, scaled by the memory shrinkage: (B, HW, N_mem)
-    (query pixels first, so that top-k runs along contiguous memory)."""
+    (query pixels first, so that top-k runs along contiguous memory).
+
+    -sum_c e_c (k_c - q_c)^2 * s / sqrt(C) with e, q of the query and k, s of the memory, expanded
+    as one matrix product [e, 2 e q, -sum e q^2] @ [-k^2, k, 1] * s / sqrt(C): no pass over the
+    HW x N result besides writing it."""
     qe = query_selection.transpose(1, 2)  # (B, HW, CK)
     qk = query_key.transpose(1, 2)
-    a_sq = qe @ mem_key.pow(2)
-    two_ab = 2 * ((qk * qe) @ mem_key)
     b_sq = (qe * qk.pow(2)).sum(-1, keepdim=True)
-    return (-a_sq + two_ab - b_sq) * mem_shrinkage / math.sqrt(mem_key.shape[1])
+    query_side = torch.cat([qe, 2 * qk * qe, -b_sq], dim=-1)  # (B, HW, 2 CK + 1)
+    scale = mem_shrinkage / math.sqrt(mem_key.shape[1])  # (B, 1, N)
+    memory_side = torch.cat([-mem_key.pow(2), mem_key, torch.ones_like(scale)], dim=1) * scale
+    return query_side @ memory_side
 
 
 def topk_softmax(sim: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,12 +37,9 @@ def topk_softmax(sim: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Ten
 
 def sparse_readout(value: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """value (B, C, N) read at the top-k entries: (B, C, HW), without forming the N x HW affinity:
-    the k memory rows of each pixel are gathered whole and mixed by one small matrix product."""
-    out = []
-    for b in range(value.shape[0]):
-        rows = value[b].t().contiguous()[indices[b]]  # (HW, k, C)
-        out.append(torch.bmm(weights[b].unsqueeze(1), rows).squeeze(1).t())
-    return torch.stack(out)
+    a weighted embedding-bag sum of each pixel's k memory rows (no HW x k x C gather either)."""
+    return torch.stack([F.embedding_bag(indices[b], value[b].t().contiguous(), per_sample_weights=weights[b],
+                                        mode="sum").t() for b in range(value.shape[0])])
 
 
 def dense_softmax(sim: torch.Tensor) -> torch.Tensor:
