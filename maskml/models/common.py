@@ -188,3 +188,60 @@ class MLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = self.act(x)
         return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+# Cross-attention between a few tokens and many (SAM's decoder: a handful of prompt tokens and 4096
+# image tokens; Cutie's object transformer: 16 object queries and every pixel). Projecting the N
+# many tokens costs N*C*D multiply-adds per projection; with T few tokens and H heads, the same
+# products regrouped around the few side cost N*C*H*T, less whenever H*T < D. Per head,
+# q.(W_k x + b_k) = (W_k^T q).x + q.b_k, where q.b_k is the same for every key and so drops out of
+# the softmax; sum_n p_n (W_v x_n + b_v) = W_v (sum_n p_n x_n) + b_v as the p_n sum to 1; and an
+# output projection distributes over the heads and the few values. Projections are (weight, bias).
+
+def folds(heads: int, few: int, internal_dim: int) -> bool:
+    """Whether the regrouped form is the cheaper one."""
+    return heads * few < internal_dim
+
+
+def shared_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (B, M, K) @ b (1 or B, K, N); a b shared by the batch runs as one matrix product."""
+    if b.shape[0] == 1 and a.shape[0] > 1:
+        return (a.reshape(1, -1, a.shape[-1]) @ b).view(a.shape[0], a.shape[1], -1)
+    return a @ b
+
+
+def few_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_proj, k_proj, v_proj, heads: int,
+                        blocked: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-head attention of a few queries q (B, T, C) to many keys k, v (1 or B, N, C), before the
+    output projection: (B, T, D). blocked (B, H, T, N) bool: True where attention is not allowed."""
+    (wq, bq), (wk, _), (wv, bv) = q_proj, k_proj, v_proj
+    b, t, _ = q.shape
+    head_dim = wq.shape[0] // heads
+    q = F.linear(q, wq, bq).view(b, t, heads, head_dim).transpose(1, 2) * head_dim ** -0.5
+    q = q @ wk.view(heads, head_dim, -1)  # (B, H, T, C_kv)
+    scores = shared_matmul(q.reshape(b, heads * t, -1), k.transpose(1, 2))  # (B, HT, N)
+    if blocked is not None:
+        scores = scores.masked_fill(blocked.reshape(scores.shape), float("-inf"))
+    pooled = shared_matmul(scores.softmax(-1), v).view(b, heads, t, -1)  # (B, H, T, C_kv)
+    out = pooled @ wv.view(heads, head_dim, -1).transpose(1, 2) + bv.view(heads, 1, head_dim)
+    return out.transpose(1, 2).reshape(b, t, heads * head_dim)
+
+
+def few_key_attention(q: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor, q_proj, k_proj, v_proj, out_proj,
+                      heads: int, q_heads: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-head attention of many queries q (1 or B, N, C) to a few keys k, v (B, T, C), output
+    projection included: (B, N, C_out). q_heads (1 or B, H, N, d): the queries projected already."""
+    (wq, bq), (wk, bk), (wv, bv), (wo, bo) = q_proj, k_proj, v_proj, out_proj
+    b, t, _ = k.shape
+    head_dim = wk.shape[0] // heads
+    k = F.linear(k, wk, bk).view(b, t, heads, head_dim).transpose(1, 2) * head_dim ** -0.5  # (B, H, T, d)
+    v = F.linear(v, wv, bv).view(b, t, heads, head_dim).transpose(1, 2)
+    if q_heads is not None:
+        scores = k @ q_heads.transpose(-1, -2)  # (B, H, T, N)
+    else:
+        w = k @ wq.view(heads, head_dim, -1)  # (B, H, T, C)
+        bias = k @ bq.view(heads, head_dim, 1)  # (B, H, T, 1)
+        scores = shared_matmul(w.reshape(b, heads * t, -1), q.transpose(1, 2)).view(b, heads, t, -1) + bias
+    p = scores.softmax(2)  # over the T keys; N stays the contiguous axis, which keeps it fast
+    per_key = v @ wo.view(-1, heads, head_dim).permute(1, 2, 0)  # (B, H, T, C_out)
+    return torch.baddbmm(bo, p.reshape(b, heads * t, -1).transpose(1, 2), per_key.reshape(b, heads * t, -1))

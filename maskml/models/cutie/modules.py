@@ -19,14 +19,21 @@ from maskml.models.cutie.resnet import ResNetTrunk
 class GConv2d(nn.Conv2d):
     """Conv2d over (B, N, C, H, W) groups."""
 
-    def forward(self, g: torch.Tensor) -> torch.Tensor:
+    def forward(self, g: torch.Tensor, in_channels: slice | None = None, bias: bool = True) -> torch.Tensor:
+        """in_channels: apply only the weights of these input channels (g has just those); bias=False
+        leaves the bias out (for the sum of such partial convolutions)."""
         b, n = g.shape[:2]
         x = g.flatten(0, 1)
         if self.kernel_size != (1, 1) and x.shape[-2] * x.shape[-1] >= 4096:
             # measured on CPU: large 3x3 convolutions (the decoder at strides 8 and 4) run 20-40%
             # faster on channels-last input; small ones (stride 16) do not gain
             x = x.contiguous(memory_format=torch.channels_last)
-        out = super().forward(x)
+        if in_channels is None and bias:
+            out = super().forward(x)
+        else:
+            weight = self.weight if in_channels is None else self.weight[:, in_channels]
+            out = F.conv2d(x, weight, self.bias if bias else None, self.stride, self.padding, self.dilation,
+                           self.groups)
         return out.view(b, n, *out.shape[1:])
 
 
@@ -116,9 +123,14 @@ class SensoryUpdater(nn.Module):
         self.g4_conv = GConv2d(g_dims[2], mid_dim, 1)
         self.transform = GConv2d(mid_dim + sensory_dim, sensory_dim * 3, 3, padding=1)
 
-    def forward(self, g: list[torch.Tensor], h: torch.Tensor) -> torch.Tensor:
-        g = (self.g16_conv(g[0]) + self.g8_conv(resize_groups(g[1], 1 / 2, "area"))
-             + self.g4_conv(resize_groups(g[2], 1 / 4, "area")))
+    def forward(self, g: list[torch.Tensor], logits: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """g: decoder features at strides 16, 8, 4; logits (B, N, H4, W4): the masks at stride 4, which
+        g4_conv reads as one more channel of g[2]. That channel's share of the (linear) pooling and
+        1x1 convolution is taken apart, so the full-resolution features are never concatenated."""
+        g4 = self.g4_conv(resize_groups(g[2], 1 / 4, "area"), in_channels=slice(0, -1))
+        g4 = g4 + self.g4_conv(resize_groups(logits.unsqueeze(2), 1 / 4, "area"), in_channels=slice(-1, None),
+                               bias=False)
+        g = self.g16_conv(g[0]) + self.g8_conv(resize_groups(g[1], 1 / 2, "area")) + g4
         return recurrent_update(h, self.transform(torch.cat([g, h], dim=2)))
 
 
@@ -240,6 +252,5 @@ class MaskDecoder(nn.Module):
         p4 = self.up_8_4(p8, f4)
         logits = self.pred(F.relu(p4.flatten(0, 1)))
         if update_sensory:
-            p4 = torch.cat([p4, logits.view(b, n, 1, *logits.shape[-2:])], 2)
-            sensory = self.sensory_update([readout, p8, p4], sensory)
+            sensory = self.sensory_update([readout, p8, p4], logits.view(b, n, *logits.shape[-2:]), sensory)
         return sensory, logits.view(b, n, *logits.shape[-2:])

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskml.models.common import few_key_attention, few_query_attention, folds
 from maskml.models.cutie.modules import CAResBlock, GConv2d
 
 
@@ -57,6 +58,15 @@ class MultiheadAttention(nn.Module):
         wq, wk, wv = self.in_proj_weight.chunk(3)
         bq, bk, bv = self.in_proj_bias.chunk(3)
         b = q.shape[0]
+        projections = (wq, bq), (wk, bk), (wv, bv)
+        dim = wq.shape[0]
+        # the 16 object queries read from every pixel and every pixel from them: regrouped around
+        # the queries, the pixels are never projected (maskml.models.common.few_query_attention)
+        if k.shape[1] > q.shape[1] and folds(self.num_heads, q.shape[1], dim):
+            return self.out_proj(few_query_attention(q, k, v, *projections, self.num_heads, blocked))
+        if q.shape[1] > k.shape[1] and blocked is None and folds(self.num_heads, k.shape[1], dim):
+            out_proj = (self.out_proj.weight, self.out_proj.bias)
+            return few_key_attention(q, k, v, *projections, out_proj, self.num_heads)
 
         def heads(x, w, bias):
             x = F.linear(x, w, bias)

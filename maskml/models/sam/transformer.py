@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.common import MLP, MLPBlock
+from maskml.models.common import MLP, MLPBlock, few_key_attention, few_query_attention, folds
 
 
 class Attention(nn.Module):
@@ -46,56 +46,23 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(out.transpose(1, 2).reshape(batch, -1, self.internal_dim))
 
-    # The decoder's image side has 4096 tokens and its prompt side a handful. Projecting the image
-    # tokens costs N*C*D multiply-adds per projection; with T prompt tokens and H heads, the same
-    # products regrouped around the prompt side cost N*C*H*T, several times less for a few clicks:
-    # per head, q.(W_k x + b_k) = (W_k^T q).x + q.b_k, where q.b_k is the same for every key and so
-    # drops out of the softmax; sum_n p_n (W_v x_n + b_v) = W_v (sum_n p_n x_n) + b_v as the p_n sum
-    # to 1; and the output projection distributes over the heads and the few values.
-
-    def _folds(self, few: int) -> bool:
-        return self.num_heads * few < self.internal_dim
+    def _projections(self):
+        return [(m.weight, m.bias) for m in (self.q_proj, self.k_proj, self.v_proj, self.out_proj)]
 
     def few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """forward(q, k, v) for a few queries q (B, T, C) and many keys k, v (1 or B, N, C)."""
-        if not self._folds(q.shape[1]):
+        """forward(q, k, v) for a few queries q (B, T, C) and many keys k, v (1 or B, N, C); see
+        maskml.models.common.few_query_attention."""
+        if not folds(self.num_heads, q.shape[1], self.internal_dim):
             return self(q, k, v)
-        heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
-        b, t, _ = q.shape
-        q = self.project_q(q) * head_dim ** -0.5
-        q = q @ self.k_proj.weight.view(heads, head_dim, -1)  # (B, H, T, C_kv)
-        p = _shared_matmul(q.reshape(b, heads * t, -1), k.transpose(1, 2)).softmax(-1)  # (B, HT, N)
-        pooled = _shared_matmul(p, v).view(b, heads, t, -1)  # (B, H, T, C_kv)
-        out = pooled @ self.v_proj.weight.view(heads, head_dim, -1).transpose(1, 2)
-        out = out + self.v_proj.bias.view(heads, 1, head_dim)
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.internal_dim))
+        qp, kp, vp, _ = self._projections()
+        return self.out_proj(few_query_attention(q, k, v, qp, kp, vp, self.num_heads))
 
     def few_keys(self, q: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor,
                  q_heads: torch.Tensor | None = None) -> torch.Tensor:
         """forward(q, k, v, q_heads) for many queries q (1 or B, N, C) and a few keys k, v (B, T, C)."""
-        if not self._folds(k.shape[1]):
+        if not folds(self.num_heads, k.shape[1], self.internal_dim):
             return self(q, k, v, q_heads=q_heads)
-        heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
-        b, t, _ = k.shape
-        k, v = self.project_kv(k, v)  # (B, H, T, d)
-        k = k * head_dim ** -0.5
-        if q_heads is not None:  # (1 or B, H, N, d), projected already
-            scores = k @ q_heads.transpose(-1, -2)  # (B, H, T, N)
-        else:
-            w = k @ self.q_proj.weight.view(heads, head_dim, -1)  # (B, H, T, C)
-            bias = k @ self.q_proj.bias.view(heads, head_dim, 1)  # (B, H, T, 1)
-            scores = _shared_matmul(w.reshape(b, heads * t, -1), q.transpose(1, 2)).view(b, heads, t, -1) + bias
-        p = scores.softmax(2)  # over the T keys; N stays the contiguous axis, which keeps it fast
-        per_key = v @ self.out_proj.weight.view(-1, heads, head_dim).permute(1, 2, 0)  # (B, H, T, C_out)
-        return torch.baddbmm(self.out_proj.bias, p.reshape(b, heads * t, -1).transpose(1, 2),
-                             per_key.reshape(b, heads * t, -1))
-
-
-def _shared_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a (B, M, K) @ b (1 or B, K, N); a b shared by the batch runs as one matrix product."""
-    if b.shape[0] == 1 and a.shape[0] > 1:
-        return (a.reshape(1, -1, a.shape[-1]) @ b).view(a.shape[0], a.shape[1], -1)
-    return a @ b
+        return few_key_attention(q, k, v, *self._projections(), self.num_heads, q_heads=q_heads)
 
 
 class TwoWayAttentionBlock(nn.Module):
