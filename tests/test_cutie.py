@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import maskml
@@ -133,3 +134,19 @@ def test_chunk_size_groups_objects(checkpoints):
         results.append(tracker.step(frame(spec["steps"][1]["frame_file"])))
     assert results[0].object_ids == results[1].object_ids == [1, 2]
     assert results[1].probs.shape == results[0].probs.shape and torch.isfinite(results[1].probs).all()
+
+
+def test_one_object_views_stay_channels_last():
+    """A single object's (1, 1, C, H, W) view of channels-last features must reach the convolutions
+    as channels-last: read as NCHW, each decoder convolution first copies its whole input."""
+    from maskml.models.cutie.modules import GConv2d, flatten_groups, resize_groups
+
+    g = resize_groups(torch.randn(1, 1, 8, 6, 10), 2, "bilinear", channels_last=True)  # (1, 1, 8, 12, 20)
+    x = flatten_groups(g)
+    assert torch.equal(x, g.flatten(0, 1))
+    conv = GConv2d(8, 4, 3, padding=1)
+    with torch.inference_mode():
+        out = F.conv2d(x, conv.weight, conv.bias, padding=1)
+        assert out.stride(1) == 1, "convolution read the view as NCHW"
+        assert torch.allclose(conv(g)[:, 0], F.conv2d(g[:, 0].contiguous(), conv.weight, conv.bias, padding=1),
+                              atol=1e-6)

@@ -86,6 +86,13 @@ class ConvBNCache(InferenceCache):
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
+def add_inplace(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """fresh + other, in place on the fresh tensor when no graph is recorded; the sum then keeps
+    fresh's memory layout (an out-of-place sum of a channels-last (B, 1, C, H, W) view can come out
+    in NCHW order, and every convolution after it would pay a transposing copy)."""
+    return fresh.add_(other) if is_inference() else fresh + other
+
+
 def relu_inplace(x: torch.Tensor) -> torch.Tensor:
     """ReLU, in place on a fresh tensor when no graph is recorded."""
     return x.relu_() if is_inference() else F.relu(x)

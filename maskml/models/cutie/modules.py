@@ -12,8 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.common import relu_inplace
+from maskml.models.common import add_inplace, relu_inplace
 from maskml.models.cutie.resnet import ResNetTrunk
+
+
+def flatten_groups(g: torch.Tensor) -> torch.Tensor:
+    """(B, N, C, H, W) -> (B * N, C, H, W). A channels-last result of batch size one gets the batch
+    stride of a true channels-last tensor: a view can leave any stride on a size-1 axis, and
+    convolutions and pooling then read the tensor as NCHW and copy all of it."""
+    x = g.flatten(0, 1)
+    if x.shape[0] == 1 and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        c, h, w = x.shape[1:]
+        x = x.as_strided(x.shape, (c * h * w, 1, w * c, c))
+    return x
 
 
 class GConv2d(nn.Conv2d):
@@ -23,7 +34,7 @@ class GConv2d(nn.Conv2d):
         """in_channels: apply only the weights of these input channels (g has just those); bias=False
         leaves the bias out (for the sum of such partial convolutions)."""
         b, n = g.shape[:2]
-        x = g.flatten(0, 1)
+        x = flatten_groups(g)
         if self.kernel_size != (1, 1) and x.shape[-2] * x.shape[-1] >= 4096:
             # measured on CPU: large 3x3 convolutions (the decoder at strides 8 and 4) run 20-40%
             # faster on channels-last input; small ones (stride 16) do not gain
@@ -35,11 +46,9 @@ class GConv2d(nn.Conv2d):
 
 def resize_groups(g: torch.Tensor, ratio: float, mode: str, channels_last: bool = False) -> torch.Tensor:
     b, n = g.shape[:2]
-    x = g.flatten(0, 1)
+    x = flatten_groups(g)
     if channels_last:
-        # a copy even when x looks channels-last already: a view with one object has a size-1 batch
-        # axis whose stride interpolate() does not read as channels-last, and it would answer in NCHW
-        x = x.clone(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     out = F.interpolate(x, scale_factor=ratio, mode=mode, align_corners=False if mode == "bilinear" else None)
     return out.view(b, n, *out.shape[1:])
 
@@ -72,7 +81,7 @@ class GroupResBlock(nn.Module):
         self.conv2 = GConv2d(out_dim, out_dim, 3, padding=1)
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
-        return self.conv2(relu_inplace(self.conv1(F.relu(g)))) + self.downsample(g)
+        return add_inplace(self.conv2(relu_inplace(self.conv1(F.relu(g)))), self.downsample(g))
 
 
 class Distributor(nn.Module):
@@ -217,7 +226,7 @@ class MaskUpsampleBlock(nn.Module):
     def forward(self, g: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         # upsampled in channels-last order, like the skip features and the convolutions that follow:
         # every element-wise op on the way then sees one memory layout and needs no copy
-        return self.out_conv(resize_groups(g, 2, "bilinear", channels_last=True) + skip.unsqueeze(1))
+        return self.out_conv(add_inplace(resize_groups(g, 2, "bilinear", channels_last=True), skip.unsqueeze(1)))
 
 
 class DecoderFeatureProcessor(nn.Module):
@@ -246,7 +255,7 @@ class MaskDecoder(nn.Module):
         f8, f4 = self.decoder_feat_proc(ms_features[1:])
         p8 = self.up_16_8(readout, f8)
         p4 = self.up_8_4(p8, f4)
-        logits = self.pred(F.relu(p4.flatten(0, 1)))
+        logits = self.pred(F.relu(flatten_groups(p4)))
         if update_sensory:
             sensory = self.sensory_update([readout, p8, p4], logits.view(b, n, *logits.shape[-2:]), sensory)
         return sensory, logits.view(b, n, *logits.shape[-2:])

@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from maskml.models.common import ConvBNCache, is_inference, relu_inplace
+from maskml.models.common import ConvBNCache, add_inplace, relu_inplace
 
 
 def residual_relu(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
     """relu(out + shortcut), in place on the fresh `out` when no graph is recorded."""
-    return out.add_(shortcut).relu_() if is_inference() else (out + shortcut).relu()
+    return relu_inplace(add_inplace(out, shortcut))
 
 
 class Block(ConvBNCache):

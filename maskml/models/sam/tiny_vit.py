@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.common import ConvBNCache, InferenceCache, gelu_inplace, is_inference, window_partition, window_regions
+from maskml.models.common import (ConvBNCache, InferenceCache, add_inplace, gelu_inplace, is_inference, window_partition,
+                                  window_regions)
 
 
 class Conv2d_BN(ConvBNCache):
@@ -63,7 +64,7 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv3(gelu_inplace(self.conv2(gelu_inplace(self.conv1(x)))))
-        return gelu_inplace(y.add_(x) if is_inference() else y + x)
+        return gelu_inplace(add_inplace(y, x))
 
 
 class PatchMerging(nn.Module):
@@ -165,7 +166,7 @@ class TinyViTBlock(nn.Module):
                 y[image].view(shape).copy_(x[image].view(shape) + out[window])
         y = self.local_conv(y)
         z = self.mlp(y)
-        return z.add_(y) if is_inference() else z + y
+        return add_inplace(z, y)
 
 
 class BasicLayer(nn.Module):
