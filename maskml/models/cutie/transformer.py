@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.common import few_key_attention, few_query_attention, folds
+from maskml.models.common import add_inplace, few_key_attention, few_query_attention, folds
 from maskml.models.cutie.modules import CAResBlock, GConv2d
 
 
@@ -78,16 +78,20 @@ class MultiheadAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Pre-norm residual cross-attention; positional encodings added to queries and keys."""
+    """Pre-norm residual cross-attention of x to mem; positional encodings added to queries and keys."""
 
     def __init__(self, dim: int, num_heads: int, norm: bool = True) -> None:
         super().__init__()
         self.cross_attn = MultiheadAttention(dim, num_heads)
         self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
 
-    def forward(self, x, mem, x_pe, mem_pe, blocked=None):
+    def forward(self, x, x_pe, mem_with_pe, mem, blocked=None, x_with_pe=None):
+        """mem_with_pe: mem plus its positional encoding; x_with_pe: x plus its encoding, when the caller
+        has that sum already (the pixels' sum serves as keys of one attention and queries of the
+        other); only without the norm, which comes before the encoding is added."""
         x = self.norm(x)
-        return x + self.cross_attn(x + x_pe, mem + mem_pe, mem, blocked)
+        q = x + x_pe if x_with_pe is None else x_with_pe
+        return add_inplace(self.cross_attn(q, mem_with_pe, mem, blocked), x)
 
 
 class SelfAttention(nn.Module):
@@ -136,9 +140,10 @@ class QueryTransformerBlock(nn.Module):
     def forward(self, query, pixel, query_pe, pixel_pe, blocked):
         b, n, _, h, w = pixel.shape
         pixel_flat = pixel.flatten(3, 4).flatten(0, 1).transpose(1, 2)
-        query = self.read_from_pixel(query, pixel_flat, query_pe, pixel_pe, blocked)
+        pixel_with_pe = pixel_flat + pixel_pe
+        query = self.read_from_pixel(query, query_pe, pixel_with_pe, pixel_flat, blocked)
         query = self.ffn(self.self_attn(query, query_pe))
-        pixel_flat = self.read_from_query(pixel_flat, query, pixel_pe, query_pe)
+        pixel_flat = self.read_from_query(pixel_flat, None, query + query_pe, query, x_with_pe=pixel_with_pe)
         return query, self.pixel_ffn(pixel_flat, b, n, h, w)
 
 
