@@ -177,7 +177,8 @@ class QueryTransformer(nn.Module):
         blocked = self._attention_mask(self.mask_pred[0](pixel).squeeze(2), selector)
         for i, block in enumerate(self.blocks):
             query, pixel = block(query, pixel, query_emb, pixel_pe, blocked)
-            blocked = self._attention_mask(self.mask_pred[i + 1](pixel).squeeze(2), selector)
+            if i + 1 < len(self.blocks):  # the last mask_pred only feeds the official training's auxiliary loss
+                blocked = self._attention_mask(self.mask_pred[i + 1](pixel).squeeze(2), selector)
         return pixel
 
     def _attention_mask(self, logits: torch.Tensor, selector: torch.Tensor | None) -> torch.Tensor:
