@@ -226,10 +226,14 @@ def few_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pro
     head_dim = wq.shape[0] // heads
     q = F.linear(q, wq, bq).view(b, t, heads, head_dim).transpose(1, 2) * head_dim ** -0.5
     q = q @ wk.view(heads, head_dim, -1)  # (B, H, T, C_kv)
-    scores = shared_matmul(q.reshape(b, heads * t, -1), k.transpose(1, 2))  # (B, HT, N)
-    if blocked is not None:
-        scores = scores.masked_fill(blocked.reshape(scores.shape), float("-inf"))
-    pooled = shared_matmul(scores.softmax(-1), v).view(b, heads, t, -1)  # (B, H, T, C_kv)
+    # the H*T folded queries read the un-projected keys as one single-head attention, scores, softmax
+    # and pooling fused in SDPA (no B x HT x N score tensor); image-side tensors shared by a batch of
+    # prompts (batch 1) take all B*H*T queries at once
+    groups = 1 if k.shape[0] == 1 else b
+    q = q.reshape(groups, 1, -1, q.shape[-1])
+    allowed = None if blocked is None else ~blocked.reshape(groups, 1, q.shape[2], -1)
+    pooled = F.scaled_dot_product_attention(q, k.unsqueeze(1), v.unsqueeze(1), attn_mask=allowed, scale=1.0)
+    pooled = pooled.view(b, heads, t, -1)  # (B, H, T, C_kv)
     out = pooled @ wv.view(heads, head_dim, -1).transpose(1, 2) + bv.view(heads, 1, head_dim)
     return out.transpose(1, 2).reshape(b, t, heads * head_dim)
 
