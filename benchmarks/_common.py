@@ -23,14 +23,19 @@ if str(ROOT) not in sys.path:
 KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
-def median_ms(fn, runs: int) -> float:
-    fn()  # warm-up
+def times_ms(fn, runs: int) -> list[float]:
+    """Wall time of each of `runs` calls of fn, after one warm-up call."""
+    fn()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        times.append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def median_ms(fn, runs: int) -> float:
+    return statistics.median(times_ms(fn, runs))
 
 
 def peak_rss_mb() -> float:

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-from _common import machine_line, median_ms, square_test_image
+from _common import machine_line, median_ms, square_test_image, times_ms
 
 
 def _attention_macs(query, key, value, *args, out_shape=None, **kwargs) -> int:
@@ -52,18 +51,8 @@ def peak_gmac_per_s() -> dict[str, float]:
     probes = {"oneDNN 3x3 convolution": (lambda: F.conv2d(x, w, padding=1), 256 * 256 * 9 * 60 * 108),
               "MKL matrix product": (lambda: a @ b, 2048 ** 3),
               "attention (SDPA)": (lambda: F.scaled_dot_product_attention(q, k, v), 4096 * 8192 * 512)}
-    return {name: macs / best_ms(fn, 10) / 1e6 for name, (fn, macs) in probes.items()}
-
-
-def best_ms(fn, runs: int) -> float:
-    """The fastest of `runs` runs: a peak is what the machine can do, not what it usually does."""
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
+    # the fastest run: a peak is what the machine can do, not what it usually does
+    return {name: macs / min(times_ms(fn, 10)) / 1e6 for name, (fn, macs) in probes.items()}
 
 
 def sam_decoder():
