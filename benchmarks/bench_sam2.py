@@ -3,6 +3,7 @@
     python benchmarks/bench_sam2.py                                  # maskml only
     python benchmarks/bench_sam2.py --official-src /tmp/sam2-ref     # also facebookresearch/sam2, side by side
     python benchmarks/bench_sam2.py --stream 1000 --parts            # resident memory over a long stream only
+    python benchmarks/bench_sam2.py --compile                        # also maskml with its image encoder compiled
 
 --official-src is a checkout of facebookresearch/sam2 (or a folder holding one as `facebookresearch+sam2`
 or `sam2`); its video predictor needs hydra-core and omegaconf, and its backbone imports iopath only to
@@ -16,6 +17,10 @@ deterministic weights (those of the parity fixtures, tests/weights.py, with ever
 that the compared outputs are masks, not the constant "no object" logits; timing does not depend on the
 values) and their outputs are compared.
 Each (part, model, implementation, objects) runs in its own process, so peak memory is its own.
+--compile adds "maskml+compile" rows: the image encoder compiled with torch.compile (nn.Module.compile, default
+mode), paid for by the warm-up set_image or the prompted frame 0, outside the medians. The memory attention
+stays eager: on CPU, compiled, it ran slower and recompiled for each memory-bank size. The official rows stay
+as the official defaults leave them (compile_image_encoder: false).
 
 Image: examples/truck.jpg at 1024x1024, one click; set_image median of --runs runs, predict / decoder /
 SAM heads (prompt encoder + mask decoder + object pointer, the per-object work of a video frame) of
@@ -67,10 +72,18 @@ def with_parity_weights(model):
     return model.eval()
 
 
-def maskml_sam2(name: str):
+def maskml_sam2(name: str, compiled: bool = False):
+    import torch
+
     import maskml
 
-    return with_parity_weights(maskml.build_model(name))
+    # built outside inference mode even when called inside it: compiled code cannot take parameters that
+    # are inference tensors (they have no version counter)
+    with torch.inference_mode(False):
+        model = with_parity_weights(maskml.build_model(name))
+    if compiled:
+        model.image_encoder.compile()
+    return model
 
 
 def official_sam2(name: str, src: str, video: bool):
@@ -128,10 +141,10 @@ def image_worker(name: str, impl: str, runs: int, src: str | None, out: Path) ->
     point, label = np.array(IMAGE_CLICK), np.array([1])
     result = {"model": name, "impl": impl}
     with torch.inference_mode():
-        if impl == "maskml":
+        if impl.startswith("maskml"):
             import maskml
 
-            model = maskml_sam2(name)
+            model = maskml_sam2(name, compiled=impl == "maskml+compile")
             predictor = maskml.ImagePredictor(model)
             result["set_image_ms"] = median_ms(lambda: predictor.set_image(image), runs)
             result["predict_ms"] = median_ms(lambda: predictor.predict(points=point, labels=label), 5 * runs)
@@ -202,10 +215,10 @@ def video_worker(name: str, impl: str, objects: int, src: str | None, frames: Pa
     dest.mkdir(exist_ok=True)  # a repeated run overwrites the same outputs
     save = lambda i, logits: np.save(dest / f"{i:05d}.npy", logits.float().numpy())  # noqa: E731
     with torch.inference_mode():
-        if impl == "maskml":
+        if impl.startswith("maskml"):
             from maskml.predict.sam2 import VideoSession
 
-            model = maskml_sam2(name)
+            model = maskml_sam2(name, compiled=impl == "maskml+compile")
             start = time.perf_counter()
             session = VideoSession(model, frames)
             for i, (x, y) in enumerate(CLICKS[:objects]):
@@ -267,15 +280,16 @@ def image_report(rows: list[dict], out: Path) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = next((o for o in rows if o["impl"] == "official" and o["model"] == r["model"]), None)
-        enc = f"{ref['set_image_ms'] / r['set_image_ms']:.2f}x" if ref and r["impl"] == "maskml" else ""
-        pred = f"{ref['predict_ms'] / r['predict_ms']:.2f}x" if ref and r["impl"] == "maskml" else ""
+        ours = ref and r["impl"].startswith("maskml")
+        enc = f"{ref['set_image_ms'] / r['set_image_ms']:.2f}x" if ours else ""
+        pred = f"{ref['predict_ms'] / r['predict_ms']:.2f}x" if ours else ""
         print(f"| {r['model']} | {r['impl']} | {r['set_image_ms']:.0f} | {r['predict_ms']:.1f} | {r['decoder_ms']:.1f} "
               f"| {r['heads_ms']:.1f} | {r['peak_rss_mb']:.0f} | {enc} | {pred} |")
-    for name in dict.fromkeys(r["model"] for r in rows):
-        ours, theirs = out / f"image_{name}_maskml.pt", out / f"image_{name}_official.pt"
+    for name, impl in dict.fromkeys((r["model"], r["impl"]) for r in rows if r["impl"].startswith("maskml")):
+        ours, theirs = out / f"image_{name}_{impl}.pt", out / f"image_{name}_official.pt"
         if ours.exists() and theirs.exists():
             a, b = torch.load(ours), torch.load(theirs)
-            print(f"{name}: maskml vs official, same weights, max |diff|: " + ", ".join(
+            print(f"{name}: {impl} vs official, same weights, max |diff|: " + ", ".join(
                 f"{k} {max_abs(a[k], b[k]):.1e}" for k in a))
 
 
@@ -287,13 +301,13 @@ def video_report(rows: list[dict], out: Path) -> None:
     for r in rows:
         ref = next((o for o in rows if o["impl"] == "official" and o["model"] == r["model"]
                     and o["objects"] == r["objects"]), None)
-        speedup = f"{r['fps'] / ref['fps']:.2f}x" if ref and r["impl"] == "maskml" else ""
+        speedup = f"{r['fps'] / ref['fps']:.2f}x" if ref and r["impl"].startswith("maskml") else ""
         print(f"| {r['model']} | {r['objects']} | {r['impl']} | {r['fps']:.2f} | {1000 / r['fps']:.0f} "
               f"| {r['setup_s']:.1f} | {r['peak_rss_mb']:.0f} | {speedup} |")
     for r in rows:
-        if r["impl"] != "maskml":
+        if not r["impl"].startswith("maskml"):
             continue
-        ours = out / f"video_{r['model']}_{r['objects']}_maskml"
+        ours = out / f"video_{r['model']}_{r['objects']}_{r['impl']}"
         theirs = out / f"video_{r['model']}_{r['objects']}_official"
         common = sorted({p.name for p in ours.glob("*.npy")} & {p.name for p in theirs.glob("*.npy")})
         if not common:
@@ -305,7 +319,7 @@ def video_report(rows: list[dict], out: Path) -> None:
             flipped += int(((a > 0) != (b > 0)).sum())
             pixels += a.size
         objects = f"{r['objects']} object" + ("s" if r["objects"] > 1 else "")
-        print(f"{r['model']}, {objects}, {len(common)} frames both produced: logits max |diff| "
+        print(f"{r['model']} ({r['impl']}), {objects}, {len(common)} frames both produced: logits max |diff| "
               f"{diff:.1e}, mask pixels that differ {flipped} of {pixels}")
 
 
@@ -335,6 +349,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="run every video configuration this many times, "
                                                               "interleaved, and keep the fastest (shared machines)")
     parser.add_argument("--official-src", help="checkout of facebookresearch/sam2, to time it side by side")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run maskml with its image encoder compiled (torch.compile)")
     parser.add_argument("--official-malloc", action="store_true",
                         help="image part: also run the official code with maskml's allocator setting")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
@@ -356,6 +372,7 @@ def main() -> None:
 
     print(machine_line(args.threads))
     official = ["official"] if args.official_src else []
+    ours = ["maskml"] + (["maskml+compile"] if args.compile else [])
     with tempfile.TemporaryDirectory(prefix="bench_sam2_") as tmp:
         out = Path(tmp)
 
@@ -371,7 +388,8 @@ def main() -> None:
                   f"median of {5 * args.runs}")
             rows = []
             for name in args.models:
-                rows.append(worker("image", name, "maskml"))
+                for impl in ours:
+                    rows.append(worker("image", name, impl))
                 for impl in official + (["official+malloc"] if official and args.official_malloc else []):
                     rows.append(worker("image", name, impl, env=KEEP_FREED_MEMORY_ENV if "malloc" in impl else None))
             image_report(rows, out)
@@ -386,7 +404,7 @@ def main() -> None:
             for _ in range(args.repeat):
                 for name in args.models:
                     for objects in args.objects:
-                        for impl in ["maskml"] + official:
+                        for impl in ours + official:
                             row = worker("video", name, impl, objects)
                             key = (name, objects, impl)
                             if key not in best or row["fps"] > best[key]["fps"]:
