@@ -21,7 +21,7 @@ def flatten_groups(g: torch.Tensor) -> torch.Tensor:
     stride of a true channels-last tensor: a view can leave any stride on a size-1 axis, and
     convolutions and pooling then read the tensor as NCHW and copy all of it."""
     x = g.flatten(0, 1)
-    if x.shape[0] == 1 and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+    if x.shape[0] == 1 and x.is_contiguous(memory_format=torch.channels_last):
         c, h, w = x.shape[1:]
         x = x.as_strided(x.shape, (c * h * w, 1, w * c, c))
     return x
