@@ -23,19 +23,40 @@ if str(ROOT) not in sys.path:
 KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
-def times_ms(fn, runs: int) -> list[float]:
-    """Wall time of each of `runs` calls of fn, after one warm-up call."""
+def synchronize(device: str = "cpu") -> None:
+    """Wait for the work queued on `device` (a no-op on the CPU, where every call returns when it is done)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def check_device(device: str) -> None:
+    """Exit with one line when `device` cannot be used here."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: this machine has no CUDA device (torch {torch.__version__}); use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise SystemExit(f"--device {device}: choose cpu, cuda or cuda:N")
+
+
+def times_ms(fn, runs: int, device: str = "cpu") -> list[float]:
+    """Wall time of each of `runs` calls of fn, after one warm-up call; queued GPU work is waited for inside
+    each timing."""
     fn()
+    synchronize(device)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(1000 * (time.perf_counter() - start))
     return times
 
 
-def median_ms(fn, runs: int) -> float:
-    return statistics.median(times_ms(fn, runs))
+def median_ms(fn, runs: int, device: str = "cpu") -> float:
+    return statistics.median(times_ms(fn, runs, device))
 
 
 def peak_rss_mb() -> float:
@@ -53,12 +74,13 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_line(threads: int) -> str:
+def machine_line(threads: int, device: str = "cpu") -> str:
     import torch
 
     load = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    gpu = f", GPU: {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})" if device.startswith("cuda") else ""
     return (f"torch {torch.__version__}, {threads} threads, CPU: {cpu_name()} ({os.cpu_count()} cores visible), "
-            f"load average {load} (1/5/15 min)")
+            f"load average {load} (1/5/15 min){gpu}")
 
 
 def square_test_image(size: int = 1024):

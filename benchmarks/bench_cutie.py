@@ -71,7 +71,6 @@ def official_processor(name: str, src: Path, state_dict):
 
 
 def worker(name: str, impl: str, objects: int, frames_to_run: int, official_src: str | None, stream: bool):
-    import numpy as np
     import torch
 
     import maskml

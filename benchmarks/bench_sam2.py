@@ -4,6 +4,7 @@
     python benchmarks/bench_sam2.py --official-src /tmp/sam2-ref     # also facebookresearch/sam2, side by side
     python benchmarks/bench_sam2.py --stream 1000 --parts            # resident memory over a long stream only
     python benchmarks/bench_sam2.py --compile                        # also maskml with its image encoder compiled
+    python benchmarks/bench_sam2.py --device cuda --compile --official-src /tmp/sam2-ref   # the GPU rows
 
 --official-src is a checkout of facebookresearch/sam2 (or a folder holding one as `facebookresearch+sam2`
 or `sam2`); its video predictor needs hydra-core and omegaconf, and its backbone imports iopath only to
@@ -21,6 +22,9 @@ Each (part, model, implementation, objects) runs in its own process, so peak mem
 mode), paid for by the warm-up set_image or the prompted frame 0, outside the medians. The memory attention
 stays eager: on CPU, compiled, it ran slower and recompiled for each memory-bank size. The official rows stay
 as the official defaults leave them (compile_image_encoder: false).
+--device cuda runs both implementations, their weights and their inputs on the GPU, in float32 as on the CPU;
+every timing then waits for the queued GPU work (torch.cuda.synchronize) before it stops the clock, and rows
+add the peak GPU memory (torch.cuda.max_memory_allocated) next to the peak resident memory.
 
 Image: examples/truck.jpg at 1024x1024, one click; set_image median of --runs runs, predict / decoder /
 SAM heads (prompt encoder + mask decoder + object pointer, the per-object work of a video frame) of
@@ -46,8 +50,8 @@ import time
 import types
 from pathlib import Path
 
-from _common import (KEEP_FREED_MEMORY_ENV, ROOT, find_checkout, machine_line, median_ms, peak_rss_mb, run_worker,
-                     square_test_image)
+from _common import (KEEP_FREED_MEMORY_ENV, ROOT, check_device, find_checkout, machine_line, median_ms, peak_rss_mb,
+                     run_worker, square_test_image, synchronize)
 
 CLIP = ROOT / "examples" / "judo"
 CLICKS = [(465, 260), (370, 280), (660, 160)]  # judo frame 0: right fighter, left fighter, standing man
@@ -72,7 +76,7 @@ def with_parity_weights(model):
     return model.eval()
 
 
-def maskml_sam2(name: str, compiled: bool = False):
+def maskml_sam2(name: str, compiled: bool = False, device: str = "cpu"):
     import torch
 
     import maskml
@@ -80,13 +84,13 @@ def maskml_sam2(name: str, compiled: bool = False):
     # built outside inference mode even when called inside it: compiled code cannot take parameters that
     # are inference tensors (they have no version counter)
     with torch.inference_mode(False):
-        model = with_parity_weights(maskml.build_model(name))
+        model = with_parity_weights(maskml.build_model(name)).to(device)
     if compiled:
         model.image_encoder.compile()
     return model
 
 
-def official_sam2(name: str, src: str, video: bool):
+def official_sam2(name: str, src: str, video: bool, device: str = "cpu"):
     root = find_checkout(src, ("facebookresearch+sam2", "sam2"), "sam2")
     sys.path.insert(0, str(root))
     try:
@@ -99,7 +103,7 @@ def official_sam2(name: str, src: str, video: bool):
     from sam2.build_sam import build_sam2, build_sam2_video_predictor
 
     config = f"configs/{'sam2.1' if name.startswith('sam2.1') else 'sam2'}/{name}.yaml"
-    return with_parity_weights((build_sam2_video_predictor if video else build_sam2)(config, device="cpu"))
+    return with_parity_weights((build_sam2_video_predictor if video else build_sam2)(config, device=device))
 
 
 def clip_cycle(clip: Path) -> list[Path]:
@@ -119,20 +123,32 @@ def clip_folder(clip: Path, frames: int, dest: Path) -> Path:
     return dest
 
 
-def timed_steps(steps, keep):
-    """Seconds spent producing each item of the generator `steps`; keep(item) is called outside the timing."""
+def timed_steps(steps, keep, device: str = "cpu"):
+    """Seconds spent producing each item of the generator `steps` (its GPU work included); keep(item) is
+    called outside the timing."""
     times, it = [], iter(steps)
     while True:
         start = time.perf_counter()
         item = next(it, None)
+        synchronize(device)
         if item is None:
             return times
         times.append(time.perf_counter() - start)
         keep(item)
 
 
+def peak_memory(result: dict, device: str) -> dict:
+    """Peak resident memory, and on a GPU the peak GPU memory allocated, added to a worker's result."""
+    import torch
+
+    result["peak_rss_mb"] = peak_rss_mb()
+    if device.startswith("cuda"):
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
 # ----------------------------------------------------------------------------------------- workers
-def image_worker(name: str, impl: str, runs: int, src: str | None, out: Path) -> dict:
+def image_worker(name: str, impl: str, runs: int, src: str | None, out: Path, device: str) -> dict:
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -144,28 +160,28 @@ def image_worker(name: str, impl: str, runs: int, src: str | None, out: Path) ->
         if impl.startswith("maskml"):
             import maskml
 
-            model = maskml_sam2(name, compiled=impl == "maskml+compile")
+            model = maskml_sam2(name, compiled=impl == "maskml+compile", device=device)
             predictor = maskml.ImagePredictor(model)
-            result["set_image_ms"] = median_ms(lambda: predictor.set_image(image), runs)
-            result["predict_ms"] = median_ms(lambda: predictor.predict(points=point, labels=label), 5 * runs)
+            result["set_image_ms"] = median_ms(lambda: predictor.set_image(image), runs, device)
+            result["predict_ms"] = median_ms(lambda: predictor.predict(points=point, labels=label), 5 * runs, device)
             state = predictor._state
-            coords = predictor.backend.to_input_frame(torch.from_numpy(point), state).float()[None]
-            labels = torch.ones(1, 1, dtype=torch.int32)
+            coords = predictor.backend.to_input_frame(torch.from_numpy(point), state).float()[None].to(device)
+            labels = torch.ones(1, 1, dtype=torch.int32, device=device)
             decode = lambda: predictor.backend.decode(state, (coords, labels), None, None, False)  # noqa: E731
             heads = lambda: model.predict_masks(state["embedding"], state["high_res"], coords, labels)  # noqa: E731
-            result["decoder_ms"] = median_ms(decode, 5 * runs)
-            result["heads_ms"] = median_ms(heads, 5 * runs)
-            result["peak_rss_mb"] = peak_rss_mb()
+            result["decoder_ms"] = median_ms(decode, 5 * runs, device)
+            result["heads_ms"] = median_ms(heads, 5 * runs, device)
+            peak_memory(result, device)
             h = heads()
             outputs = {"embedding": state["embedding"], "high_res_s4": state["high_res"][0],
                        "high_res_s8": state["high_res"][1], "logits": predictor.predict(points=point, labels=label).logits,
                        "heads_logits": h.logits, "obj_ptr": h.obj_ptr}
         else:
-            official = official_sam2(name, src, video=False)
+            official = official_sam2(name, src, video=False, device=device)
             size = official.image_size
 
             def set_image():  # SAM2ImagePredictor.set_image, step by step
-                x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+                x = torch.from_numpy(image).to(device).permute(2, 0, 1).float() / 255.0
                 if x.shape[-2:] != (size, size):  # torchvision's Resize returns an image of the size as it is
                     x = F.interpolate(x[None], (size, size), mode="bilinear", align_corners=False, antialias=True)[0]
                 x = (x - x.new_tensor([0.485, 0.456, 0.406])[:, None, None]) / x.new_tensor([0.229, 0.224, 0.225])[
@@ -175,10 +191,10 @@ def image_worker(name: str, impl: str, runs: int, src: str | None, out: Path) ->
                 maps = [f.permute(1, 2, 0).view(1, -1, *s) for f, s in zip(feats, FEATURE_SIZES)]
                 return maps[-1], maps[:-1]
 
-            result["set_image_ms"] = median_ms(set_image, runs)
+            result["set_image_ms"] = median_ms(set_image, runs, device)
             embed, high_res = set_image()
             h, w = image.shape[:2]
-            labels = torch.ones(1, 1, dtype=torch.int32)
+            labels = torch.ones(1, 1, dtype=torch.int32, device=device)
 
             def decode(c):
                 sparse, dense = official.sam_prompt_encoder(points=(c, labels), boxes=None, masks=None)
@@ -188,57 +204,59 @@ def image_worker(name: str, impl: str, runs: int, src: str | None, out: Path) ->
                     repeat_image=False, high_res_features=high_res)
 
             def predict():  # SAM2ImagePredictor.predict: pixel click -> logits at the image size
-                c = torch.as_tensor(point, dtype=torch.float32) / torch.tensor([w, h]) * size
+                c = (torch.as_tensor(point, dtype=torch.float32) / torch.tensor([w, h]) * size).to(device)
                 low_res = decode(c[None])[0]
                 logits = F.interpolate(low_res, (h, w), mode="bilinear", align_corners=False)
                 return logits, logits > 0, low_res.clamp(-32.0, 32.0)
 
-            coords = torch.as_tensor(point, dtype=torch.float32)[None] / torch.tensor([w, h]) * size
+            coords = (torch.as_tensor(point, dtype=torch.float32)[None] / torch.tensor([w, h]) * size).to(device)
             point_inputs = {"point_coords": coords, "point_labels": labels}
             heads = lambda: official._forward_sam_heads(embed, point_inputs, None, high_res, False)  # noqa: E731
-            result["predict_ms"] = median_ms(predict, 5 * runs)
-            result["decoder_ms"] = median_ms(lambda: decode(coords), 5 * runs)
-            result["heads_ms"] = median_ms(heads, 5 * runs)
-            result["peak_rss_mb"] = peak_rss_mb()
+            result["predict_ms"] = median_ms(predict, 5 * runs, device)
+            result["decoder_ms"] = median_ms(lambda: decode(coords), 5 * runs, device)
+            result["heads_ms"] = median_ms(heads, 5 * runs, device)
+            peak_memory(result, device)
             hd = heads()
             outputs = {"embedding": embed, "high_res_s4": high_res[0], "high_res_s8": high_res[1],
                        "logits": predict()[0][0], "heads_logits": hd[3], "obj_ptr": hd[5]}
-    torch.save({k: v.clone() for k, v in outputs.items()}, out / f"image_{name}_{impl}.pt")
+    torch.save({k: v.cpu().clone() for k, v in outputs.items()}, out / f"image_{name}_{impl}.pt")
     return result
 
 
-def video_worker(name: str, impl: str, objects: int, src: str | None, frames: Path, out: Path) -> dict:
+def video_worker(name: str, impl: str, objects: int, src: str | None, frames: Path, out: Path, device: str) -> dict:
     import numpy as np
     import torch
 
     dest = out / f"video_{name}_{objects}_{impl}"
     dest.mkdir(exist_ok=True)  # a repeated run overwrites the same outputs
-    save = lambda i, logits: np.save(dest / f"{i:05d}.npy", logits.float().numpy())  # noqa: E731
+    save = lambda i, logits: np.save(dest / f"{i:05d}.npy", logits.float().cpu().numpy())  # noqa: E731
     with torch.inference_mode():
         if impl.startswith("maskml"):
             from maskml.predict.sam2 import VideoSession
 
-            model = maskml_sam2(name, compiled=impl == "maskml+compile")
+            model = maskml_sam2(name, compiled=impl == "maskml+compile", device=device)
             start = time.perf_counter()
             session = VideoSession(model, frames)
             for i, (x, y) in enumerate(CLICKS[:objects]):
                 session.add_points(0, i + 1, points=[[x, y]], labels=[1])
+            synchronize(device)
             setup = time.perf_counter() - start
-            times = timed_steps(session.propagate(), lambda s: save(s.frame_idx, s.logits))
+            times = timed_steps(session.propagate(), lambda s: save(s.frame_idx, s.logits), device)
         else:
-            predictor = official_sam2(name, src, video=True)
+            predictor = official_sam2(name, src, video=True, device=device)
             start = time.perf_counter()
             state = predictor.init_state(str(frames))
             for i, (x, y) in enumerate(CLICKS[:objects]):
                 predictor.add_new_points_or_box(state, frame_idx=0, obj_id=i + 1, points=np.array([[x, y]], np.float32),
                                                 labels=np.array([1], np.int32))
+            synchronize(device)
             setup = time.perf_counter() - start
-            times = timed_steps(predictor.propagate_in_video(state), lambda s: save(s[0], s[2][:, 0]))
-    return {"model": name, "impl": impl, "objects": objects, "setup_s": setup, "frame_s": times,
-            "fps": 1 / statistics.median(times[1:]) if len(times) > 1 else float("nan"), "peak_rss_mb": peak_rss_mb()}
+            times = timed_steps(predictor.propagate_in_video(state), lambda s: save(s[0], s[2][:, 0]), device)
+    return peak_memory({"model": name, "impl": impl, "objects": objects, "setup_s": setup, "frame_s": times,
+                        "fps": 1 / statistics.median(times[1:]) if len(times) > 1 else float("nan")}, device)
 
 
-def stream_worker(name: str, frames: int, clip: Path) -> dict:
+def stream_worker(name: str, frames: int, clip: Path, device: str) -> dict:
     import numpy as np
     import torch
     from PIL import Image
@@ -247,7 +265,7 @@ def stream_worker(name: str, frames: int, clip: Path) -> dict:
     from maskml.predict.sam2 import Sam2Tracker
 
     images = [np.array(Image.open(p).convert("RGB")) for p in clip_cycle(clip)]
-    model = maskml_sam2(name)
+    model = maskml_sam2(name, device=device)
     with torch.inference_mode():
         predictor = maskml.ImagePredictor(model)
         predictor.set_image(images[0])
@@ -259,6 +277,7 @@ def stream_worker(name: str, frames: int, clip: Path) -> dict:
         for i in range(frames):
             start = time.perf_counter()
             tracker.step(images[i % len(images)], mask=mask if i == 0 else None)
+            synchronize(device)
             times.append(time.perf_counter() - start)
             if (i + 1) % every == 0:
                 rss.append(round(peak_rss_mb()))
@@ -272,19 +291,25 @@ def max_abs(a, b) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
+def gpu_memory(rows: list[dict]) -> tuple[str, str]:
+    """The peak GPU memory column's header and its cell format, when the rows ran on a GPU."""
+    return (" peak GPU memory (MB) |", "{peak_gpu_mb:.0f} | ") if "peak_gpu_mb" in rows[0] else ("", "")
+
+
 def image_report(rows: list[dict], out: Path) -> None:
     import torch
 
-    print("\n| model | implementation | set_image (ms) | predict (ms) | decoder (ms) | SAM heads (ms) | peak RSS (MB) "
-          "| encoder speed-up | predict speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    gpu_header, gpu_cell = gpu_memory(rows)
+    print("\n| model | implementation | set_image (ms) | predict (ms) | decoder (ms) | SAM heads (ms) | peak RSS (MB) |"
+          f"{gpu_header} encoder speed-up | predict speed-up |")
+    print("|---|---|---|---|---|---|---|" + "---|" * (bool(gpu_header) + 2))
     for r in rows:
         ref = next((o for o in rows if o["impl"] == "official" and o["model"] == r["model"]), None)
         ours = ref and r["impl"].startswith("maskml")
         enc = f"{ref['set_image_ms'] / r['set_image_ms']:.2f}x" if ours else ""
         pred = f"{ref['predict_ms'] / r['predict_ms']:.2f}x" if ours else ""
         print(f"| {r['model']} | {r['impl']} | {r['set_image_ms']:.0f} | {r['predict_ms']:.1f} | {r['decoder_ms']:.1f} "
-              f"| {r['heads_ms']:.1f} | {r['peak_rss_mb']:.0f} | {enc} | {pred} |")
+              f"| {r['heads_ms']:.1f} | {r['peak_rss_mb']:.0f} | {gpu_cell.format(**r)}{enc} | {pred} |")
     for name, impl in dict.fromkeys((r["model"], r["impl"]) for r in rows if r["impl"].startswith("maskml")):
         ours, theirs = out / f"image_{name}_{impl}.pt", out / f"image_{name}_official.pt"
         if ours.exists() and theirs.exists():
@@ -296,14 +321,16 @@ def image_report(rows: list[dict], out: Path) -> None:
 def video_report(rows: list[dict], out: Path) -> None:
     import numpy as np
 
-    print(f"\n| model | objects | implementation | frames/s | per frame (ms) | set-up (s) | peak RSS (MB) | speed-up |")
-    print("|---|---|---|---|---|---|---|---|")
+    gpu_header, gpu_cell = gpu_memory(rows)
+    print(f"\n| model | objects | implementation | frames/s | per frame (ms) | set-up (s) | peak RSS (MB) |{gpu_header} "
+          "speed-up |")
+    print("|---|---|---|---|---|---|---|" + "---|" * (bool(gpu_header) + 1))
     for r in rows:
         ref = next((o for o in rows if o["impl"] == "official" and o["model"] == r["model"]
                     and o["objects"] == r["objects"]), None)
         speedup = f"{r['fps'] / ref['fps']:.2f}x" if ref and r["impl"].startswith("maskml") else ""
         print(f"| {r['model']} | {r['objects']} | {r['impl']} | {r['fps']:.2f} | {1000 / r['fps']:.0f} "
-              f"| {r['setup_s']:.1f} | {r['peak_rss_mb']:.0f} | {speedup} |")
+              f"| {r['setup_s']:.1f} | {r['peak_rss_mb']:.0f} | {gpu_cell.format(**r)}{speedup} |")
     for r in rows:
         if not r["impl"].startswith("maskml"):
             continue
@@ -351,6 +378,7 @@ def main() -> None:
     parser.add_argument("--official-src", help="checkout of facebookresearch/sam2, to time it side by side")
     parser.add_argument("--compile", action="store_true",
                         help="also run maskml with its image encoder compiled (torch.compile)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where both implementations run")
     parser.add_argument("--official-malloc", action="store_true",
                         help="image part: also run the official code with maskml's allocator setting")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
@@ -362,15 +390,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         kind, name, impl, objects = args.worker
         if kind == "image":
-            result = image_worker(name, impl, args.runs, args.official_src, args.out)
+            result = image_worker(name, impl, args.runs, args.official_src, args.out, args.device)
         elif kind == "video":
-            result = video_worker(name, impl, int(objects), args.official_src, args.out / "frames", args.out)
+            result = video_worker(name, impl, int(objects), args.official_src, args.out / "frames", args.out,
+                                  args.device)
         else:
-            result = stream_worker(name, args.stream, args.clip)
+            result = stream_worker(name, args.stream, args.clip, args.device)
         print(json.dumps(result))
         return
 
-    print(machine_line(args.threads))
+    check_device(args.device)
+    print(machine_line(args.threads, args.device))
     official = ["official"] if args.official_src else []
     ours = ["maskml"] + (["maskml+compile"] if args.compile else [])
     with tempfile.TemporaryDirectory(prefix="bench_sam2_") as tmp:
@@ -378,7 +408,8 @@ def main() -> None:
 
         def worker(kind: str, name: str, impl: str, objects: int = 0, env: dict | None = None) -> dict:
             cmd = [sys.executable, __file__, "--worker", kind, name, impl, str(objects), "--out", tmp, "--runs",
-                   str(args.runs), "--threads", str(args.threads), "--stream", str(args.stream), "--clip", str(args.clip)]
+                   str(args.runs), "--threads", str(args.threads), "--stream", str(args.stream), "--clip", str(args.clip),
+                   "--device", args.device]
             cmd += ["--official-src", args.official_src] if args.official_src else []
             return run_worker(cmd, f"{kind} {name}/{impl}" + (f"/{objects} objects" if objects else ""),
                               dict(os.environ, **(env or {})))
