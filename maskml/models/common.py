@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskml.models import winograd
+
 
 def is_inference() -> bool:
     """No autograd graph is being recorded: in-place activations and cached tensors are safe."""
@@ -29,8 +31,8 @@ class InferenceCache(nn.Module):
     without bumping their version counters) and .to()/.half(); it is also keyed on the sources'
     storage and version counter, so an in-place edit of a weight refreshes it too."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *args, **kwargs) -> None:  # the arguments of the module it is mixed into, if any
+        super().__init__(*args, **kwargs)
         self._cache: tuple | None = None
         self.register_load_state_dict_post_hook(_clear_after_load)
 
@@ -73,8 +75,8 @@ class ConvBNCache(InferenceCache):
     def conv_bn_pairs(self) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
         raise NotImplementedError
 
-    def _folded(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [fold_batch_norm(conv.weight, bn) for conv, bn in self.conv_bn_pairs()]
+    def _folded(self) -> list["FoldedConv"]:
+        return [FoldedConv(conv, *fold_batch_norm(conv.weight, bn)) for conv, bn in self.conv_bn_pairs()]
 
     def conv_bn(self, index: int, x: torch.Tensor) -> torch.Tensor:
         pairs = self.conv_bn_pairs()
@@ -82,8 +84,39 @@ class ConvBNCache(InferenceCache):
         if self.training:  # batch statistics
             return bn(conv(x))
         sources = tuple(t for c, b in pairs for t in (c.weight, b.weight, b.bias, b.running_mean, b.running_var))
-        weight, bias = self.derived(sources, self._folded)[index]
-        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return self.derived(sources, self._folded)[index](x)
+
+
+class FoldedConv:
+    """A convolution with its BatchNorm folded in (for inference), its Winograd weights made on first use."""
+
+    def __init__(self, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.conv, self.weight, self.bias = conv, weight, bias
+        self._winograd: torch.Tensor | None = None
+
+    def winograd_weight(self) -> torch.Tensor:
+        if self._winograd is None:
+            self._winograd = winograd.transform_weight(self.weight)
+        return self._winograd
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        return winograd.conv2d(x, self.weight, self.bias, c.stride, c.padding, c.dilation, c.groups,
+                               self.winograd_weight)
+
+
+class Conv2d(InferenceCache, nn.Conv2d):
+    """nn.Conv2d (same arguments, parameters and keys) whose 3x3 convolutions run as Winograd where that is
+    faster (see maskml/models/winograd.py); the transformed weights are cached for inference."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros":
+            return super().forward(x)
+        return winograd.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                               self.winograd_weight)
+
+    def winograd_weight(self) -> torch.Tensor:
+        return self.derived((self.weight,), lambda: winograd.transform_weight(self.weight))
 
 
 def add_inplace(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.common import add_inplace, relu_inplace
+from maskml.models.common import Conv2d, add_inplace, relu_inplace
 from maskml.models.cutie.resnet import ResNetTrunk
 
 
@@ -27,7 +27,7 @@ def flatten_groups(g: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class GConv2d(nn.Conv2d):
+class GConv2d(Conv2d):
     """Conv2d over (B, N, C, H, W) groups."""
 
     def forward(self, g: torch.Tensor, in_channels: slice | None = None, bias: bool = True) -> torch.Tensor:
@@ -39,8 +39,12 @@ class GConv2d(nn.Conv2d):
             # measured on CPU: large 3x3 convolutions (the decoder at strides 8 and 4) run 20-40%
             # faster on channels-last input; small ones (stride 16) do not gain
             x = x.contiguous(memory_format=torch.channels_last)
-        weight = self.weight if in_channels is None else self.weight[:, in_channels]
-        out = F.conv2d(x, weight, self.bias if bias else None, self.stride, self.padding, self.dilation, self.groups)
+        if in_channels is None and bias:
+            out = super().forward(x)
+        else:
+            weight = self.weight if in_channels is None else self.weight[:, in_channels]
+            out = F.conv2d(x, weight, self.bias if bias else None, self.stride, self.padding, self.dilation,
+                           self.groups)
         return out.view(b, n, *out.shape[1:])
 
 
@@ -58,8 +62,8 @@ class CAResBlock(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_dim, out_dim, 3, padding=1)
-        self.conv2 = nn.Conv2d(out_dim, out_dim, 3, padding=1)
+        self.conv1 = Conv2d(in_dim, out_dim, 3, padding=1)
+        self.conv2 = Conv2d(out_dim, out_dim, 3, padding=1)
         t = int((abs(math.log2(out_dim)) + 1) // 2)
         k = t if t % 2 else t + 1
         self.conv = nn.Conv1d(1, 1, kernel_size=k, padding=(k - 1) // 2, bias=False)
