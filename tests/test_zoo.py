@@ -122,3 +122,19 @@ def test_download_checks_sha256_and_leaves_no_partial_file(file_server, tmp_path
 
     with pytest.raises(MaskmlError, match="could not download"):
         download(f"{base}/missing.pth", tmp_path / "cache3" / "missing.pth", good, progress=False)
+
+
+@pytest.mark.parametrize("name", ["cutie_small", "mobile_sam", "sam_vit_b", "sam2_hiera_t", "sam2.1_hiera_t"])
+def test_models_built_without_a_checkpoint_are_initialised(name):
+    """A model built for training from scratch has every parameter set by its initialisation, none left
+    as whatever memory it got (the larger sizes share these modules)."""
+    def build():
+        torch.manual_seed(0)
+        return maskml.build_model(name).state_dict()
+
+    garbage = torch.full((1 << 24,), float("nan"))  # freed memory that the next allocations may reuse
+    del garbage
+    first, second = build(), build()
+    for key, value in first.items():
+        assert torch.isfinite(value).all(), f"{name}: {key} holds non-finite values"
+        assert torch.equal(value, second[key]), f"{name}: {key} differs between two builds with the same seed"

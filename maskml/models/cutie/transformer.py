@@ -49,8 +49,11 @@ class MultiheadAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
+        # nn.MultiheadAttention's initialisation (a model built without a checkpoint, as for training)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 blocked: torch.Tensor | None = None) -> torch.Tensor:
