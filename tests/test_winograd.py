@@ -53,6 +53,10 @@ def test_applies_only_where_it_pays_and_is_exact():
         big = torch.randn(1, 256, 120, 216)
         assert not winograd.applies(big, weight, *args)  # a large map: oneDNN is as fast
     assert not winograd.applies(x, weight, *args)  # autograd records a graph: leave it to F.conv2d
+    conv = Conv2d(256, 256, 3, padding=1).eval()
+    with torch.no_grad():
+        graph = str(torch.export.export(conv, (x,)).graph)  # a captured graph keeps the convolution itself
+    assert "conv2d" in graph and "bmm" not in graph
 
 
 def test_conv2d_module_is_an_nn_conv2d(monkeypatch):

@@ -28,13 +28,17 @@ MIN_CHANNEL_PRODUCT = 256 * 128
 
 def applies(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int) -> bool:
     """Whether conv2d(x, weight, stride=..., ...) runs as Winograd: a float32 CPU inference (no autograd graph)
-    of a dense 3x3, stride-1, padding-1 convolution of a small map with enough channels."""
+    of a dense 3x3, stride-1, padding-1 convolution of a small map with enough channels. Graphs captured for
+    another runtime (tracing, ONNX export, torch.compile) keep the plain convolution, which they implement
+    their own way."""
+    if (not ENABLED or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling()):
+        return False
     out_channels, in_channels = weight.shape[:2]
-    return (ENABLED and x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.shape[-2:] == (3, 3) and tuple(stride) == (1, 1) and tuple(padding) == (1, 1)
-            and tuple(dilation) == (1, 1) and groups == 1 and x.shape[-2] * x.shape[-1] <= MAX_PIXELS
-            and min(in_channels, out_channels) >= MIN_CHANNELS
-            and in_channels * out_channels >= MIN_CHANNEL_PRODUCT and not torch.is_grad_enabled())
+    return (x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32 and weight.shape[-2:] == (3, 3)
+            and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+            and x.shape[-2] * x.shape[-1] <= MAX_PIXELS and min(in_channels, out_channels) >= MIN_CHANNELS
+            and in_channels * out_channels >= MIN_CHANNEL_PRODUCT)
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
