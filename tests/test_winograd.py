@@ -105,3 +105,24 @@ def test_cutie_uses_it_and_tracks_the_same(monkeypatch):
     assert (16, 512, 768) in shapes  # sensory update (value + sensory -> 3 gates)
     for a, b in zip(direct, fast):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_weights_made_in_inference_mode_are_cached_too():
+    """A model built inside torch.inference_mode (its weights then have no version counter) still reuses
+    its derived weights (BatchNorm folded in, Winograd transforms) instead of recomputing them each call."""
+    from maskml.models.cutie.resnet import ResNetTrunk
+
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        trunk = ResNetTrunk("resnet18").eval()
+        conv = Conv2d(256, 256, 3, padding=1).eval()
+        trunk.stem(x)
+        folded = trunk._cache[1]
+        trunk.stem(x)
+        assert trunk._cache[1] is folded
+        conv(torch.randn(1, 256, 8, 8))
+        transformed = conv._cache[1]
+        conv(torch.randn(1, 256, 8, 8))
+        assert conv._cache[1] is transformed
+        conv.load_state_dict(Conv2d(256, 256, 3, padding=1).state_dict())  # new weights still replace them
+        assert conv._cache is None

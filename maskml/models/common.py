@@ -29,7 +29,9 @@ class InferenceCache(nn.Module):
     """Base of the modules that cache, for inference, tensors derived from their parameters. The
     cache is dropped by load_state_dict, train()/eval() (BatchNorm updates its running statistics
     without bumping their version counters) and .to()/.half(); it is also keyed on the sources'
-    storage and version counter, so an in-place edit of a weight refreshes it too."""
+    storage and version counter, so an in-place edit of a weight refreshes it too. Weights made inside
+    torch.inference_mode (a model built there) have no version counter: for them the cache is keyed on
+    the storage alone, so only their in-place edits inside inference mode go unseen."""
 
     def __init__(self, *args, **kwargs) -> None:  # the arguments of the module it is mixed into, if any
         super().__init__(*args, **kwargs)
@@ -52,10 +54,7 @@ class InferenceCache(nn.Module):
         autograd). One entry: a different `key` replaces it."""
         if self.training or not is_inference():
             return compute()
-        try:
-            full_key = tuple((t.data_ptr(), t._version) for t in sources) + key
-        except RuntimeError:  # inference tensors have no version counter: never reuse
-            return compute()
+        full_key = tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in sources) + key
         if self._cache is None or self._cache[0] != full_key:
             self._cache = (full_key, compute())
         return self._cache[1]
