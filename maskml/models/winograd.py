@@ -5,8 +5,8 @@ Why: on CPUs without AVX-512, torch's float32 convolutions run as oneDNN's direc
 computes each 2x2 output tile from a 4x4 input tile with 16 multiplications per channel pair instead of 36:
 the 16 products are batched matrix products of (tiles x C_in) by (C_in x C_out), the transforms before and
 after them are sums of strided slices. It wins when the products are large and the transformed tiles fit
-in the cache: Cutie's stride-16 features (30 x 54 at 480p, 256 to 768 channels), SAM's 64 x 64 neck; oneDNN
-stays faster on large maps and few channels (`benchmarks/bench_winograd.py` prints both, per shape). Its
+in the cache: Cutie's stride-16 features (30 x 54 at 480p, 256 to 768 channels); oneDNN stays faster on large
+maps and few channels (`benchmarks/bench_winograd.py` prints both, per shape). Its
 rounding error is no larger than the direct convolution's (same table). Same parameters, same function: the
 module only chooses how to compute it.
 

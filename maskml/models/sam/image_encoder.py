@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.common import Conv2d, LayerNorm2d, MLPBlock
+from maskml.models.common import LayerNorm2d, MLPBlock
 
 
 class PatchEmbed(nn.Module):
@@ -128,7 +128,7 @@ class ImageEncoderViT(nn.Module):
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
             LayerNorm2d(out_chans),
-            Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(out_chans),
         )
 

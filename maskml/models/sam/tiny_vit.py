@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.common import (Conv2d, ConvBNCache, InferenceCache, add_inplace, gelu_inplace, is_inference,
-                                  window_partition, window_regions)
+from maskml.models.common import (ConvBNCache, InferenceCache, add_inplace, gelu_inplace, is_inference, window_partition,
+                                  window_regions)
 
 
 class Conv2d_BN(ConvBNCache):
@@ -201,7 +201,7 @@ class TinyViT(nn.Module):
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
             nn.LayerNorm(out_chans, eps=1e-6),  # SAM's LayerNorm2d: over channels, same keys
-            Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
             nn.LayerNorm(out_chans, eps=1e-6),
         )
 
