@@ -31,12 +31,14 @@ def applies(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, gr
     of a dense 3x3, stride-1, padding-1 convolution of a small map with enough channels. Graphs captured for
     another runtime (tracing, ONNX export, torch.compile) keep the plain convolution, which they implement
     their own way."""
-    if (not ENABLED or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling()):
+    # most convolutions called are not 3x3: that test first keeps this cheap on their path (a weight's shape
+    # is fixed, so tracing sees no test on data before the mode checks below)
+    if (weight.shape[-2:] != (3, 3) or not ENABLED or torch.is_grad_enabled() or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
         return False
     out_channels, in_channels = weight.shape[:2]
-    return (x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32 and weight.shape[-2:] == (3, 3)
-            and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+    return (x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32 and tuple(stride) == (1, 1)
+            and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
             and x.shape[-2] * x.shape[-1] <= MAX_PIXELS and min(in_channels, out_channels) >= MIN_CHANNELS
             and in_channels * out_channels >= MIN_CHANNEL_PRODUCT)
 
