@@ -130,6 +130,16 @@ def xdotool(display: str, *args: str) -> str:
                           capture_output=True, text=True, timeout=120).stdout.strip()
 
 
+def press_until(display: str, window: str, key: str, path: Path, seconds: int = 120) -> None:
+    """Press `key` once a second until `path` exists: a key pressed while the demo is busy can be lost."""
+    for _ in range(seconds):
+        xdotool(display, "key", "--window", window, key)
+        if path.exists():
+            return
+        time.sleep(1)
+    raise AssertionError(f"{path.name} was not written within {seconds} s")
+
+
 def test_window_under_xvfb(tmp_path, small_judo, sam_checkpoints, cutie_small_checkpoint):
     """`maskml demo` in a real OpenCV window on a virtual display, clicked and typed at with xdotool."""
     missing = [tool for tool in ("Xvfb", "xdotool") if subprocess.run(["which", tool], capture_output=True).returncode]
@@ -155,16 +165,10 @@ def test_window_under_xvfb(tmp_path, small_judo, sam_checkpoints, cutie_small_ch
             time.sleep(0.2)
         window = found[0]
         xdotool(display, "mousemove", "--window", window, "80", "48", "click", "1")  # object 1
-        xdotool(display, "key", "--window", window, "s")
-        wait_until(lambda: (saved / "00000.png").exists())
+        press_until(display, window, "s", saved / "00000.png")  # the click's mask may take a while on a busy machine
         assert (read_mask(saved / "00000.png") == 1).any()
         xdotool(display, "key", "--window", window, "space")  # track to the end of the video, then save
-        for _ in range(120):
-            xdotool(display, "key", "--window", window, "s")
-            if (saved / "00005.png").exists():
-                break
-            time.sleep(1)
-        assert (saved / "00005.png").exists()
+        press_until(display, window, "s", saved / "00005.png")
         xdotool(display, "key", "--window", window, "q")
         output, _ = demo.communicate(timeout=60)
         assert demo.returncode == 0, output
