@@ -105,6 +105,19 @@ def test_sam_vit_b_decoder_matches_pytorch(sam_checkpoints, mobile_sam_export, t
     assert_same_predictions(torch_predictor, onnx_predictor)
 
 
+def test_automatic_masks_on_onnxruntime(mobile_sam_export, sam_checkpoints, truck):
+    records = {}
+    for backend, checkpoint in (("torch", sam_checkpoints["mobile_sam"]), ("onnxruntime", mobile_sam_export)):
+        model = maskml.load_model("mobile_sam", checkpoint=checkpoint, backend=backend)
+        generator = maskml.AutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=0.0,
+                                                  stability_score_thresh=0.0)
+        records[backend] = sorted(generator.generate(truck), key=lambda r: r["point_coords"])
+    assert len(records["onnxruntime"]) == len(records["torch"]) > 0
+    for got, want in zip(records["onnxruntime"], records["torch"]):
+        assert got["point_coords"] == want["point_coords"]
+        assert mask_iou(torch.from_numpy(got["segmentation"]), torch.from_numpy(want["segmentation"])) >= 0.998
+
+
 def test_decoder_graph_gives_masks_at_the_original_size(mobile_sam_export, sam_checkpoints, truck):
     """The graph alone, as a deployment without maskml runs it: logits at the original size, all 4 tokens."""
     import onnxruntime

@@ -2,9 +2,7 @@
 backend runs them behind maskml's predictors (maskml.export.runtime). Both need the [onnx] extra."""
 from __future__ import annotations
 
-import hashlib
 import importlib
-from pathlib import Path
 
 from maskml.errors import MaskmlError
 
@@ -29,10 +27,3 @@ def require_onnx(*modules: str) -> None:
             raise MaskmlError(f"ONNX export and the onnxruntime backend need the {module} package: "
                               f"pip install maskml[onnx]") from None
 
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -20,8 +20,9 @@ import torch
 
 import maskml
 from maskml.errors import MaskmlError
+from maskml.hub import sha256_of
 from maskml.export import (DEFAULT_OPSET, FORMAT, IMAGE_FAMILIES, MANIFEST, NOT_YET_EXPORTABLE, OPSETS, QUANTIZATIONS,
-                           require_onnx, sha256)
+                           require_onnx)
 from maskml.export.graphs import ENCODER_INPUT, DecoderGraph, Sam2EncoderGraph, SamEncoderGraph
 from maskml.zoo import get_entry, load_model
 
@@ -160,7 +161,7 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
             "opset": opset, "torch_version": torch.__version__, "image_size": model.image_size,
             "encoder_precision": quantize or "float32", "single_mask_stability": decoder.single_mask_stability,
             "graphs": graphs,
-            "files": {p.name: sha256(p) for p in sorted(folder.iterdir())},
+            "files": {p.name: sha256_of(p) for p in sorted(folder.iterdir())},
         }
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
         os.chmod(folder, 0o777 & ~_umask())

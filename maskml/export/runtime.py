@@ -16,7 +16,8 @@ import torch
 
 import maskml
 from maskml.errors import MaskmlError
-from maskml.export import FORMAT, IMAGE_FAMILIES, MANIFEST, NOT_YET_EXPORTABLE, require_onnx, sha256
+from maskml.hub import sha256_of
+from maskml.export import FORMAT, IMAGE_FAMILIES, MANIFEST, NOT_YET_EXPORTABLE, require_onnx
 from maskml.models.sam.mask_decoder import select_masks
 from maskml.predict.image import Sam2Backend, SamBackend, prompts_as_points
 from maskml.zoo import get_entry
@@ -48,7 +49,7 @@ def read_manifest(folder: Path, name: str) -> dict:
         path = folder / file
         if not path.is_file():
             raise MaskmlError(f"{path} is missing from the ONNX export; {redo}")
-        if sha256(path) != digest:
+        if sha256_of(path) != digest:
             raise MaskmlError(f"{path} is corrupt (its SHA-256 differs from the one in {MANIFEST}); {redo}")
     return manifest
 
