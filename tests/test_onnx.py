@@ -20,25 +20,29 @@ from maskml.export.exporter import export_decoder, export_model
 from maskml.export.runtime import OnnxImageModel, _session
 
 TRUCK = FIXTURES / "sam" / "truck_1200x800.png"
-PROMPTS = {  # in pixels of the 1200 x 800 truck; "mask": the first low-res logits of the prompt as mask input
+PROMPTS = {  # in pixels of the 1200 x 800 truck; "mask": the first low-res logits of the prompt (or of the
+    # first prompt, for a mask alone) as mask input
     "1 point": dict(points=[[500.0, 375.0]], labels=[1]),
     "1 point + mask": dict(points=[[500.0, 375.0]], labels=[1], mask=True),
     "3 points, multimask": dict(points=[[500.0, 375.0], [300.0, 300.0], [900.0, 500.0]], labels=[1, 0, 1],
                                 multimask=True),
     "box": dict(box=[75.0, 275.0, 1125.0, 750.0]),
     "box and point + mask": dict(box=[75.0, 275.0, 1125.0, 750.0], points=[[575.0, 550.0]], labels=[0], mask=True),
+    "mask only": dict(mask=True),
     "2 boxes, multimask": dict(boxes=[[75.0, 275.0, 1125.0, 750.0], [400.0, 200.0, 700.0, 500.0]], multimask=True),
 }
 
 
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a & b).sum() / (a | b).sum().clamp(min=1))
+    union = int((a | b).sum())
+    return float((a & b).sum()) / union if union else 1.0
 
 
 def assert_same_predictions(torch_predictor, onnx_predictor):
     for case, prompt in PROMPTS.items():
+        prompt = dict(prompt)
         if prompt.pop("mask", False):
-            low_res = torch_predictor.predict(**prompt).low_res_logits
+            low_res = torch_predictor.predict(**(prompt or PROMPTS["1 point"])).low_res_logits
             prompt = dict(prompt, mask_input=low_res.reshape(-1, *low_res.shape[-3:])[0, :1])
         want = torch_predictor.predict(**prompt)
         got = onnx_predictor.predict(**prompt)

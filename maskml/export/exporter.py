@@ -10,6 +10,7 @@ onnxruntime-web runs (plain opset <= 17 operators).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -129,7 +130,11 @@ def _quantize_int8(path: Path) -> None:
         raise MaskmlError(f"--quantize int8 of a graph over 2 GB ({path.name}) is not supported yet")
     float_path = path.with_name(f".{path.stem}.float32.onnx")
     path.rename(float_path)
-    quantize_dynamic(float_path, path, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+    logging.disable(logging.WARNING)  # its advice to pre-process the graph first, printed on every call
+    try:
+        quantize_dynamic(float_path, path, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
     float_path.unlink()
 
 

@@ -59,6 +59,7 @@ def _session(path: Path, providers: list[str]):
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # the provider's notes on node placement are not the user's business
+    options.intra_op_num_threads = torch.get_num_threads()  # one knob, torch.set_num_threads, for both backends
     try:
         return onnxruntime.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad graphs
@@ -142,7 +143,9 @@ class OnnxSam2Backend(Sam2Backend):
         return self.model.encode(resized)
 
     def decode(self, state, points, boxes, mask_input, multimask):
-        return self.model.decode(state, points, boxes, mask_input, multimask, pad=True)
+        # SAM 2 always pads clicks and corners; a mask prompt alone has no tokens at all
+        return self.model.decode(state, points, boxes, mask_input, multimask,
+                                 pad=points is not None or boxes is not None)
 
 
 def load_onnx_model(name: str, folder: str | Path | None, providers=None) -> OnnxImageModel:

@@ -191,7 +191,8 @@ class Sam2Backend:
     def decode(self, state: dict, points: tuple[torch.Tensor, torch.Tensor] | None, boxes: torch.Tensor | None,
                mask_input: torch.Tensor | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
         coords, labels = prompts_as_points(points, boxes, pad=False)  # the prompt encoder pads
-        sparse, dense = self.model.sam_prompt_encoder((coords, labels), None, mask_input)
+        sparse, dense = self.model.sam_prompt_encoder((coords, labels) if coords is not None else None, None,
+                                                      mask_input)
         cache = state["decoder_cache"] if mask_input is None else None
         out = self.model.sam_mask_decoder(state["embedding"], state["dense_pe"], sparse, dense,
                                           multimask_output=multimask, high_res_features=state["high_res"],
