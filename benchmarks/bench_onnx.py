@@ -83,21 +83,22 @@ def mean_iou(a, b) -> float:
     return sum(ious) / len(ious)
 
 
-def profile_encoder(folder: Path, image) -> list[tuple[str, float]]:
-    """Share of the encoder's time by operator type, from one profiled run."""
+def profile_encoder(predictor, image) -> list[tuple[str, float]]:
+    """Share of the ORT encoder's time by operator type, from one profiled set_image."""
     import onnxruntime
-    import torch
 
-    from maskml.predict.resize import longest_side_shape, resize_bilinear_like_pillow
-
+    model = predictor.model
     options = onnxruntime.SessionOptions()
     options.enable_profiling = True
-    options.profile_file_prefix = str(folder / "profile")
-    session = onnxruntime.InferenceSession(str(folder / "encoder.onnx"), options, providers=["CPUExecutionProvider"])
-    tensor = torch.from_numpy(image)
-    resized = resize_bilinear_like_pillow(tensor, longest_side_shape(*tensor.shape[:2], 1024))
-    session.run(None, {"image": resized.permute(2, 0, 1)[None].float().numpy()})
-    events = json.loads(Path(session.end_profiling()).read_text())
+    options.log_severity_level = 3
+    options.profile_file_prefix = str(model.folder / "profile")
+    options.intra_op_num_threads = model.encoder.get_session_options().intra_op_num_threads
+    plain = model.encoder
+    model.encoder = onnxruntime.InferenceSession(str(model.folder / "encoder.onnx"), options,
+                                                 providers=["CPUExecutionProvider"])
+    predictor.set_image(image)
+    events = json.loads(Path(model.encoder.end_profiling()).read_text())
+    model.encoder = plain
     by_op = defaultdict(float)
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
@@ -137,7 +138,7 @@ def bench_model(name: str, checkpoint: Path, scratch: Path, runs: int, profile: 
         ious[set_name] = {label: mean_iou(masks[label], masks["PyTorch fp32"]) for label in ("ORT fp32", "ORT int8")}
     result = {"rows": rows, "iou": ious}
     if profile:
-        result["int8_encoder_profile"] = profile_encoder(folders["ORT int8"], truck)
+        result["int8_encoder_profile"] = profile_encoder(predictors["ORT int8"], truck)
     return result
 
 
@@ -154,28 +155,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     given = dict(item.split("=", 1) for item in args.checkpoint)
     print(machine_line(args.threads))
-    print("| model (weights) | backend | encoder.onnx MB | decoder.onnx MB | encoder ms | decoder ms / prompt |")
-    print("|---|---|---|---|---|---|")
-    notes = []
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         for name in args.models:
             checkpoint, source = checkpoint_for(name, given, scratch)
             result = bench_model(name, checkpoint, scratch, args.runs, args.profile)
             torch_ms = result["rows"]["PyTorch fp32"]["encoder_ms"]
+            print("\n| model (weights) | backend | encoder.onnx MB | decoder.onnx MB | encoder ms | decoder ms / prompt |")
+            print("|---|---|---|---|---|---|")
             for label, row in result["rows"].items():
                 size = lambda mb: f"{mb:.1f}" if mb is not None else "-"  # noqa: E731
                 speed = f" ({torch_ms / row['encoder_ms']:.2f}x)" if label != "PyTorch fp32" else ""
                 print(f"| {name} ({source}) | {label} | {size(row['encoder_mb'])} | {size(row['decoder_mb'])} | "
                       f"{row['encoder_ms']:.0f}{speed} | {row['decoder_ms']:.1f} |", flush=True)
+            print()
             for set_name, ious in result["iou"].items():
-                notes.append(f"{name} mask IoU vs PyTorch fp32 on {set_name}: " +
-                             ", ".join(f"{label} {iou:.4f}" for label, iou in ious.items()))
+                print(f"{name} mask IoU vs PyTorch fp32 on {set_name}: " +
+                      ", ".join(f"{label} {iou:.4f}" for label, iou in ious.items()))
             if "int8_encoder_profile" in result:
-                notes.append(f"{name} int8 encoder time by operator: " + ", ".join(
-                    f"{op} {share:.0%}" for op, share in result["int8_encoder_profile"]))
-    print()
-    print("\n".join(notes))
+                print(f"{name} int8 encoder time by operator: " + ", ".join(
+                    f"{op} {share:.0%}" for op, share in result["int8_encoder_profile"]), flush=True)
 
 
 if __name__ == "__main__":
