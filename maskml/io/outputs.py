@@ -155,7 +155,8 @@ def check_outputs(inputs: dict[str, str | Path | None], folders: dict[str, str |
 
     inputs: {flag or argument name: path} of everything the command reads (files or folders);
     folders: {flag: path} of output folders; files: {flag: path} of output files. None values
-    (options not given) are skipped. Nothing is written."""
+    (options not given) are skipped. Nothing is left behind (a folder takes a file: tried with a
+    temporary one)."""
     given_inputs = {flag: Path(p) for flag, p in inputs.items() if p is not None}
     outputs = [(flag, Path(p), True) for flag, p in (folders or {}).items() if p is not None]
     outputs += [(flag, Path(p), False) for flag, p in (files or {}).items() if p is not None]
@@ -195,7 +196,7 @@ def check_outputs(inputs: dict[str, str | Path | None], folders: dict[str, str |
 
 
 def _check_writable(where: str, folder: Path) -> None:
-    """The folder, or the nearest folder above it that exists (where it will be made), is writable."""
+    """The folder, or the nearest folder above it that exists (where it will be made), takes a new file."""
     existing = folder
     while not existing.exists():
         if existing.is_symlink():
@@ -203,10 +204,12 @@ def _check_writable(where: str, folder: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise MaskmlError(f"{where}: {existing} is a file, so no folder can be made there; choose another name")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    try:  # a real file, as permission bits do not tell (root, read-only mounts, ACLs)
+        temporary_file(existing / "write-check").unlink()
+    except OSError as exc:
         made = "" if existing == folder else f" (where {folder} would be made)"
-        raise MaskmlError(f"{where}: cannot write into {existing}{made}: permission denied; choose a folder "
-                          f"you can write to")
+        raise MaskmlError(f"{where}: cannot write into {existing}{made}: {exc.strerror or exc}; choose a folder "
+                          f"you can write to") from None
 
 
 def _check_not_busy(where: str, path: Path, is_folder: bool) -> None:
