@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import maskml
-from conftest import FIXTURES, write_parity_checkpoint
+from conftest import FIXTURES, READ_BACK_FOURCCS, video_fourcc, write_parity_checkpoint
 from maskml.cli import main
 from maskml.io.masks import read_mask
 
@@ -29,12 +29,16 @@ def checkpoint(tmp_path_factory):
                                    tmp_path_factory.mktemp("ck") / "cutie-small-mega.pth")
 
 
-def test_track_frame_folder(tmp_path, checkpoint):
+def test_track_frame_folder(tmp_path, checkpoint, capsys):
     out, probs, overlay = tmp_path / "out", tmp_path / "probs", tmp_path / "tracked.mp4"
     rc = main(["track", str(JUDO), "--model", "cutie_small", "--checkpoint", str(checkpoint), "--mask-dir",
                str(JUDO_MASKS), "--out", str(out), "--probs", str(probs), "--overlay", str(overlay),
                "--option", "max_internal_size=-1"])
     assert rc == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    codec = re.fullmatch(rf"10 frames, objects \[1, 2\] -> {out}, {probs}, overlay {overlay} \((.+)\)", last).group(1)
+    # the codec named is the one in the file: VP9 with pip's OpenCV, H.264 where it has an encoder
+    assert video_fourcc(overlay) in READ_BACK_FOURCCS[{"VP9": "vp09", "H.264": "avc1"}[codec]]
     names = sorted(p.stem for p in JUDO.glob("*.jpg"))
     assert sorted(p.stem for p in out.iterdir()) == names and sorted(p.stem for p in probs.iterdir()) == names
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import READ_BACK_FOURCCS, video_fourcc
 from maskml import MaskmlError
 from maskml.io.video import FrameFolder, VideoFile, VideoWriter, open_video
 
@@ -199,18 +200,6 @@ def test_failed_writer_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def written_fourcc(path) -> str:
-    capture = cv2.VideoCapture(str(path))
-    code = int(capture.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF
-    capture.release()
-    return code.to_bytes(4, "little").decode("ascii", "replace")
-
-
-# what FFmpeg reports reading back each fourcc the writer may pick
-READ_BACK = {"avc1": {"avc1", "h264", "H264"}, "vp09": {"VP90", "vp09"}, "VP90": {"VP90", "vp09"}, "VP80": {"VP80"},
-             "mp4v": {"FMP4", "mp4v"}}
-
-
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])
 def test_writer_picks_a_browser_playable_codec_and_says_which(tmp_path, capfd, suffix):
     path = tmp_path / f"out{suffix}"
@@ -218,20 +207,18 @@ def test_writer_picks_a_browser_playable_codec_and_says_which(tmp_path, capfd, s
         for i in range(3):
             writer.write(np.full((48, 64, 3), 60 * i, np.uint8))
     assert capfd.readouterr().err == ""  # FFmpeg's and OpenCV's chatter while codecs are tried is silenced
-    assert written_fourcc(path) in READ_BACK[writer.fourcc]
+    assert video_fourcc(path) in READ_BACK_FOURCCS[writer.fourcc]
     # pip's opencv-python-headless encodes VP9 (not H.264): .mp4 gets VP9 there, never the mp4v fallback
     assert writer.browser_playable and writer.codec in ("H.264", "VP9", "VP8")
     assert len(open_video(path)) == 3
 
 
-def test_writer_falls_back_to_mp4v_and_says_so(tmp_path, monkeypatch):
-    from maskml.io import video as video_module
-
-    monkeypatch.setitem(video_module.VIDEO_CODECS, ".mp4", ("XXXX", "mp4v"))  # as on a build with no H.264/VP9 encoder
-    with VideoWriter(tmp_path / "out.mp4", fps=10, size=(64, 48)) as writer:
+def test_writer_falls_back_to_mp4v_and_says_so(tmp_path):
+    # as on a build with no H.264 or VP9 encoder: "XXXX" opens no writer
+    with VideoWriter(tmp_path / "out.mp4", fps=10, size=(64, 48), codecs=("XXXX", "mp4v")) as writer:
         writer.write(np.zeros((48, 64, 3), np.uint8))
     assert writer.codec == "MPEG-4 part 2 (mp4v)" and not writer.browser_playable
-    assert written_fourcc(tmp_path / "out.mp4") in READ_BACK["mp4v"]
+    assert video_fourcc(tmp_path / "out.mp4") in READ_BACK_FOURCCS["mp4v"]
     with pytest.raises(MaskmlError, match=r"written as \.mp4 or \.webm"):
         VideoWriter(tmp_path / "out.avi", fps=10, size=(64, 48))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]

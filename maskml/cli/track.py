@@ -38,6 +38,13 @@ forward from the earliest prompted frame, then backward from the latest one, so 
 first prompt are filled too; a frame computed twice keeps its later result; frames no pass reaches
 are written empty. Its --option names: keep_window, add_all_frames_to_correct_as_cond, cached_frames.
 
+Each frame's results are written as soon as it is done (whole: under a temporary name, then
+renamed) into --out and --probs, which may hold other files: maskml replaces only files named
+after frames of this video, and deletes nothing. Ctrl-C keeps the frames done and finishes the
+--overlay with them, so it plays; --atomic gives all or nothing instead. The overlay is written
+as H.264 or VP9 (.mp4) or VP9 (.webm), which browsers play, where OpenCV can encode it; the
+last line names the codec written.
+
 A VIDEO that is no file or folder here but a URL (rtsp://, http://...) is read as a live stream,
 as --camera is: frames that come while the model is busy are dropped (the count is shown), FRAME
 counts the frames tracked, and Ctrl-C ends the stream keeping the results so far.
