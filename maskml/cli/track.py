@@ -267,7 +267,7 @@ def stopped_report(args, results, total: int | None) -> str:
     if not results.written:
         return f"{done}; nothing was written"
     folders = " and ".join(str(p) for p in (args.out, args.probs) if p)
-    overlay = f", and {args.overlay} shows them" if args.overlay and Path(args.overlay).exists() else ""
+    overlay = f", and {args.overlay} shows them" if results.overlay_kept else ""
     return (f"{done}: the results of {describe_frames(results.written)} are in {folders}{overlay}; run the same "
             f"command again to track the whole video (it replaces those files)")
 
@@ -295,7 +295,7 @@ def result_writer(args, source, all_ids: set[int], total: int | None):
 
 def outputs_line(args, results) -> str:
     """" -> masks/, probs/, overlay tracked.mp4 (VP9)": where the results went."""
-    overlay = f", overlay {args.overlay} ({results.codec})" if args.overlay and Path(args.overlay).exists() else ""
+    overlay = f", overlay {args.overlay} ({results.codec})" if results.overlay_kept else ""
     return f" -> {', '.join(str(p) for p in (args.out, args.probs) if p)}{overlay}"
 
 

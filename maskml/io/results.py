@@ -52,6 +52,7 @@ class ResultWriter:
         self.written: dict[int, str] = {}  # frame index -> name, of the frames whose results are on disk
         self.codec: str | None = None  # the overlay's, once it is open
         self.browser_playable = True
+        self.overlay_kept = False  # whether the overlay is there, once the block has ended
         self._next = 0  # the frame the live overlay expects next
         self._redraw = False
 
@@ -111,7 +112,7 @@ class ResultWriter:
             return False
         keep = exc_type is None or not self.atomic
         if not self._redraw:
-            self.video.close(keep=keep)
+            self.overlay_kept = self.video.close(keep=keep)
             return False
         self.video.close(keep=False)
         if keep and self.written:
@@ -119,6 +120,7 @@ class ResultWriter:
             with VideoWriter(self.paths[2], fps=self.fps, size=(w, h)) as video:
                 for index, name in sorted(self.written.items()):
                     video.write(draw_masks(self.source.frame(index), read_mask(self.out_dir / f"{name}.png")))
+            self.overlay_kept = True
         return False
 
     def _remove_unused_folders(self) -> None:
