@@ -128,9 +128,19 @@ def test_an_output_another_maskml_is_writing_is_busy(tmp_path):
     finally:
         other.kill()
         other.wait()
-    check_outputs({}, folders={"--out": out})  # that process has ended: its leftovers are stale
-    assert remove_stale_temporaries(out) == 1 and remove_stale_temporaries(tmp_path) == 1
+    assert remove_stale_temporaries(tmp_path) == 1  # that process has ended: its leftovers are stale
+    check_outputs({}, folders={"--out": out})  # and the next command into the folder clears them
     assert list(out.iterdir()) == []
+
+
+def test_segment_clears_what_a_killed_run_left_beside_its_output(tmp_path, capsys):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for name in ("mask.png", "logits.npy"):
+        (tmp_path / f".maskml.{int(ended.stdout)}.q1w2e3r4.{name}").write_bytes(b"half written")
+    (tmp_path / "notes.txt").write_text("the user's")
+    # the command fails later (no prompt), but its output check has run
+    refused(capsys, ["segment", str(IMAGE), "--out", str(tmp_path / "mask.png")], "no prompt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_only_maskmls_stale_temporaries_are_removed(tmp_path):

@@ -42,8 +42,8 @@ Each frame's results are written as soon as it is done (whole: under a temporary
 renamed) into --out and --probs, which may hold other files: maskml replaces only files named
 after frames of this video, and deletes nothing. Ctrl-C keeps the frames done and finishes the
 --overlay with them, so it plays; --atomic gives all or nothing instead. The overlay is written
-as H.264 or VP9 (.mp4) or VP9 (.webm), which browsers play, where OpenCV can encode it; the
-last line names the codec written.
+in a format browsers play where OpenCV can encode one: .mp4 as H.264, else VP9 (slow to encode:
+a few frames/s at 854x480), .webm as VP8 (several times faster); the last line names the codec.
 
 A VIDEO that is no file or folder here but a URL (rtsp://, http://...) is read as a live stream,
 as --camera is: frames that come while the model is busy are dropped (the count is shown), FRAME
@@ -97,7 +97,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder: one indexed PNG per frame")
     p.add_argument("--probs", help="output folder: per frame float16 .npy (objects, H, W) of probabilities")
     p.add_argument("--overlay", help="output video with the masks drawn over the frames: .mp4 (H.264, or VP9 "
-                                     "where OpenCV has no H.264 encoder) or .webm (VP9)")
+                                     "where OpenCV has no H.264 encoder) or .webm (VP8, faster to encode)")
     p.add_argument("--atomic", action="store_true",
                    help="all or nothing: the results move into --out/--probs only when every frame is done (by "
                         "default each frame's files appear as it is done, so an interrupted run keeps them)")
@@ -290,7 +290,7 @@ def result_writer(args, source, all_ids: set[int], total: int | None):
         raise MaskmlError(f"{exc} (stopped {stopped_report(args, results, total)})") from None
     if args.overlay and not results.browser_playable:
         print(f"note: this OpenCV has no H.264 or VP9 encoder for .mp4, so {args.overlay} is {results.codec}, which "
-              f"browsers do not play (VLC and ffplay do); --overlay NAME.webm may work", file=sys.stderr)
+              f"browsers do not play (VLC and ffplay do); try --overlay NAME.webm", file=sys.stderr)
 
 
 def outputs_line(args, results) -> str:

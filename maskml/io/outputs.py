@@ -11,8 +11,8 @@ is writing now: each is refused with one clear MaskmlError, before a model is lo
 
 Every file is written whole under a hidden temporary name in its final folder, then renamed:
 .maskml.<process id>.<random>.<final name>. A run killed outright (kill -9, power loss) can
-leave such files; the next run into that folder removes those whose process has ended, and
-nothing else.
+leave such files; the next run into that folder (its check_outputs, or a ResultWriter) removes
+those whose process has ended, and nothing else.
 """
 from __future__ import annotations
 
@@ -155,8 +155,8 @@ def check_outputs(inputs: dict[str, str | Path | None], folders: dict[str, str |
 
     inputs: {flag or argument name: path} of everything the command reads (files or folders);
     folders: {flag: path} of output folders; files: {flag: path} of output files. None values
-    (options not given) are skipped. Nothing is left behind (a folder takes a file: tried with a
-    temporary one)."""
+    (options not given) are skipped. Nothing is written (whether a folder takes a file is tried
+    with a temporary one); what runs killed outright left there is removed."""
     given_inputs = {flag: Path(p) for flag, p in inputs.items() if p is not None}
     outputs = [(flag, Path(p), True) for flag, p in (folders or {}).items() if p is not None]
     outputs += [(flag, Path(p), False) for flag, p in (files or {}).items() if p is not None]
@@ -214,11 +214,13 @@ def _check_writable(where: str, folder: Path) -> None:
 
 def _check_not_busy(where: str, path: Path, is_folder: bool) -> None:
     """No other running maskml is writing this output: none has a temporary file or folder of its
-    name beside it or, for a folder, a temporary file in it."""
-    busy = [pid for _, pid, name in _temporaries(path.parent) if name == path.name]
+    name beside it or, for a folder, a temporary file in it. Those of ended processes there go."""
+    found = [(entry, pid) for entry, pid, name in _temporaries(path.parent) if name == path.name]
     if is_folder:
-        busy += [pid for _, pid, _ in _temporaries(path)]
-    for pid in busy:
+        found += [(entry, pid) for entry, pid, _ in _temporaries(path)]
+    for entry, pid in found:
         if pid != os.getpid() and _process_alive(pid):
             raise MaskmlError(f"{where}: another maskml (process {pid}) is writing it now; wait for it to end "
                               f"or choose another name")
+    for folder in (path.parent, path) if is_folder else (path.parent,):
+        remove_stale_temporaries(folder)
