@@ -202,7 +202,8 @@ def test_kill_9_leaves_whole_files_and_the_next_run_clears_its_temporaries(tmp_p
     for path in sorted(frames.iterdir())[2:]:  # the next run into those folders: a short one
         path.unlink()
     assert main(["track", str(frames), "--model", "cutie_small", "--checkpoint", str(cutie_small_checkpoint),
-                 "--mask-dir", str(masks), "--out", str(out), "--probs", str(probs), "--overlay", str(overlay)]) == 0
+                 "--mask-dir", str(masks), "--out", str(out), "--probs", str(probs), "--overlay", str(overlay),
+                 "--atomic"]) == 0  # all or nothing: moved into the folders that exist, beside what they hold
     assert list(tmp_path.rglob(".maskml.*")) == []
     assert (out / "notes.txt").read_text() == "the user's"
     assert overlay_frames(overlay) == 2

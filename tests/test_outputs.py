@@ -98,6 +98,8 @@ def test_outputs_that_cannot_be_written_fail_before_the_work(tmp_path, capsys, f
     refused(capsys, base + ["--out", str(tmp_path / "file")], "is a file, not a folder")
     refused(capsys, base + ["--out", str(tmp_path / "file" / "masks")], "is a file, so no folder can be made")
     refused(capsys, ["segment", str(IMAGE), "--point", "10,10", "--out", str(frames.parent)], "is a folder")
+    refused(capsys, ["segment", str(IMAGE), "--point", "10,10", "--out", str(tmp_path / "m.png"),
+                     "--logits", os.devnull], "is no regular file")
     if os.geteuid() == 0:  # permission bits do not stop root: sysfs takes no new files from anyone
         locked = "/sys/maskml-test/masks"
     else:

@@ -170,6 +170,8 @@ def check_outputs(inputs: dict[str, str | Path | None], folders: dict[str, str |
                               f"choose another name")
         if not is_folder and path.is_dir():
             raise MaskmlError(f"{where} is a folder: give the name of the file to write (inside it or elsewhere)")
+        if not is_folder and path.exists() and not path.is_file():  # a rename would replace the device itself
+            raise MaskmlError(f"{where} is no regular file (a device or a pipe): give the name of a file")
         resolved = path.resolve()
         for input_flag, input_path in resolved_inputs.items():
             what = _describe(input_flag, given_inputs[input_flag])
