@@ -176,10 +176,11 @@ def check_outputs(inputs: dict[str, str | Path | None], folders: dict[str, str |
         for input_flag, input_path in resolved_inputs.items():
             what = _describe(input_flag, given_inputs[input_flag])
             if resolved == input_path:
-                raise MaskmlError(f"{where} is the input {what}: maskml would overwrite it; choose another name")
+                raise MaskmlError(f"{where} is the input {what}: choose another name (maskml never writes over "
+                                  f"its inputs)")
             if _inside(input_path, resolved):
                 raise MaskmlError(f"{where} holds the input {what}: write the results into a folder of their own, "
-                                  f"e.g. {path / 'results'}")
+                                  f"e.g. {flag} {path / 'results'}")
             if _inside(resolved, input_path):
                 raise MaskmlError(f"{where} lies inside the input {what}: write the results outside it")
         if is_folder and (resolved == cwd or _inside(cwd, resolved)):
