@@ -2,7 +2,7 @@
 
 Each module defines `register(subparsers)`, which adds its parser and sets
 `func=run`. Errors the user can fix (MaskmlError) print one line and exit 2;
-Ctrl-C exits 130 without a traceback.
+Ctrl-C exits 130 without a traceback, saying what was kept.
 """
 from __future__ import annotations
 
@@ -38,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     except MaskmlError as exc:
         print(f"maskml {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"maskml {args.command}: interrupted; no partial output was kept", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # a command may say how far it got and what it kept; every file maskml writes appears whole or not at all
+        detail = f" {exc}" if str(exc) else "; no file was left half-written"
+        print(f"maskml {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
     return 0
 

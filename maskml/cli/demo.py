@@ -5,7 +5,8 @@ import argparse
 
 from maskml.errors import MaskmlError
 
-from maskml.cli.track import add_prompter_arguments, add_source_arguments, load_tracker, parse_options, tracker_family
+from maskml.cli.track import (add_prompter_arguments, add_source_arguments, load_tracker, parse_options, source_inputs,
+                              tracker_family)
 
 EPILOG = """examples:
   maskml demo video.mp4 --model cutie_small --prompter mobile_sam
@@ -35,8 +36,10 @@ def run(args) -> None:
     import maskml
     from maskml.demo.session import DemoSession
     from maskml.demo.window import check_display, run_window
+    from maskml.io.outputs import check_outputs
     from maskml.io.stream import open_source
 
+    check_outputs(source_inputs(args), folders={"--save-dir": args.save_dir})
     options = parse_options(args.option)
     if tracker_family(args.model) == "cutie" and not args.prompter:
         raise MaskmlError(f"{args.model} needs --prompter NAME (e.g. mobile_sam) to turn clicks into masks")

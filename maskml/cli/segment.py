@@ -9,6 +9,7 @@ import numpy as np
 
 from maskml.errors import MaskmlError
 from maskml.io.images import atomic_paths, image_format, read_image, save_image
+from maskml.io.outputs import check_outputs
 
 EPILOG = """examples:
   maskml segment truck.jpg --model mobile_sam --point 500,375 --out mask.png --overlay overlay.jpg
@@ -100,6 +101,8 @@ def run(args) -> None:
     import maskml
     from maskml.io.draw import draw_masks, draw_prompts
 
+    check_outputs({"IMAGE": args.image, "--checkpoint": args.checkpoint},
+                  files={"--out": args.out, "--logits": args.logits, "--overlay": args.overlay})
     image = read_image(args.image)
     height, width = image.shape[:2]
     points, labels, box = check_arguments(args, height, width)

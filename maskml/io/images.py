@@ -1,8 +1,6 @@
 """Reading and writing single images, and writing any output file atomically."""
 from __future__ import annotations
 
-import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -11,9 +9,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from maskml.errors import MaskmlError
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from maskml.io.outputs import atomic_paths
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -26,26 +22,6 @@ def read_image(path: str | Path) -> np.ndarray:
             return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise MaskmlError(f"cannot read image {path}: {exc}") from None
-
-
-@contextmanager
-def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
-    """Like atomic_path for several outputs: all take their final names only if every write succeeded."""
-    temps = []
-    try:
-        for path in paths:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-            os.close(fd)
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
-            temps.append(Path(tmp))
-        yield temps
-        for tmp, path in zip(temps, paths):
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
 
 
 @contextmanager

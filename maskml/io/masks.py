@@ -49,7 +49,7 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def save_mask(path: str | Path, ids: np.ndarray) -> None:
     """Write H x W object ids (0..255) as an indexed PNG with the DAVIS palette, under its name
-    directly: for files inside a folder that is itself written atomically (atomic_dir)."""
+    directly (write_mask writes through a temporary name)."""
     ids = np.asarray(ids)
     if ids.ndim != 2:
         raise MaskmlError(f"a mask must be H x W object ids, got an array of shape {ids.shape}")
