@@ -61,11 +61,21 @@ def test_coco_rle_output_and_crop_layers(mobile_sam, truck_image):
     json.dumps(records)  # serialisable as is
 
 
+@pytest.mark.parametrize("n", range(1, 101))
+def test_point_grid_is_bit_identical_to_official(n):
+    # the official build_point_grid: numpy.linspace over the cell centres, tiled row by row
+    offset = 1 / (2 * n)
+    side = np.linspace(offset, 1 - offset, n)
+    official = np.stack([np.tile(side[None, :], (n, 1)), np.tile(side[:, None], (1, n))], axis=-1).reshape(-1, 2)
+    grid = point_grid(n)
+    assert grid.dtype == torch.float64
+    np.testing.assert_array_equal(grid.numpy(), official, strict=True)
+
+
 def test_point_grid_and_crop_boxes():
     grid = point_grid(4)
     np.testing.assert_array_equal(grid[:5].numpy(), [[0.125, 0.125], [0.375, 0.125], [0.625, 0.125],
                                                      [0.875, 0.125], [0.125, 0.375]])
-    np.testing.assert_array_equal(point_grid(7).numpy()[:7, 0], np.linspace(1 / 14, 1 - 1 / 14, 7))
     boxes = crop_boxes(800, 1200, 2, 512 / 1500)
     assert boxes[0] == ([0, 0, 1200, 800], 0)
     # layer 1: overlap = int(512/1500 * 800 * 2/2) = 273, crop = ceil((273 + 1200) / 2) = 737 x ceil(1073/2) = 537

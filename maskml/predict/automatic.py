@@ -25,14 +25,14 @@ OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 def point_grid(n_per_side: int) -> torch.Tensor:
     """(n*n, 2) cell centres of an n x n grid over [0, 1]^2, row by row, float64.
-    Spaced like numpy.linspace (start + i * step, last = stop) so the points are bit-identical."""
-    offset = 1 / (2 * n_per_side)
-    if n_per_side == 1:
-        side = torch.tensor([offset], dtype=torch.float64)
-    else:
-        step = (1 - 2 * offset) / (n_per_side - 1)
-        side = torch.arange(n_per_side, dtype=torch.float64) * step + offset
-        side[-1] = 1 - offset
+
+    The official grid is numpy.linspace(offset, 1 - offset, n); its arithmetic is followed step by
+    step so every point is bit-identical: step = (stop - start) / (n - 1) (not (1 - 2 * offset) / (n - 1),
+    which rounds differently), i * step + start, and the last point set to stop."""
+    start = 1 / (2 * n_per_side)
+    stop = 1 - start  # equal to start when n is 1
+    side = torch.arange(n_per_side, dtype=torch.float64) * ((stop - start) / max(n_per_side - 1, 1)) + start
+    side[-1] = stop
     ys, xs = torch.meshgrid(side, side, indexing="ij")
     return torch.stack([xs, ys], dim=-1).reshape(-1, 2)
 
