@@ -14,6 +14,8 @@ import torch
 import maskml
 from maskml import Pipeline, Prompt
 from maskml.demo import DemoSession
+from maskml.demo.session import HELP
+from maskml.io.draw import TEXT_MARGIN, draw_text, fit_text, text_scale
 from maskml.io.masks import read_mask
 from maskml.io.stream import LiveStream
 from maskml.io.video import open_video
@@ -101,6 +103,20 @@ def test_events_become_prompts_tracked_objects_and_pictures(tmp_path, small_judo
     session.on_key(" ")
     assert not session.playing
     assert not session.on_key("q")
+
+
+@pytest.mark.parametrize("width, height", [(854, 480), (320, 180)])
+def test_key_help_is_wrapped_to_the_window(width, height):
+    frame = np.zeros((height, width, 3), np.uint8)
+    rows = fit_text([HELP], width, text_scale(frame))
+    assert len(rows) > 1 and rows[-1][0].endswith("q: quit")
+    assert "  ".join(text for text, _ in rows) == HELP  # every key's help, whole and in order
+    assert all(TEXT_MARGIN + drawn_width <= width - TEXT_MARGIN for _, drawn_width in rows)
+    text = draw_text(frame, [HELP], bottom=True).max(axis=2) > 128  # white text on the darkened band
+    columns = np.nonzero(text.any(axis=0))[0]
+    assert TEXT_MARGIN <= columns.min() and columns.max() < width - TEXT_MARGIN
+    line_tops = np.flatnonzero(np.diff(text.any(axis=1).astype(int)) == 1)  # where a run of text rows starts
+    assert len(line_tops) == len(rows)
 
 
 def test_a_tracker_that_takes_clicks_segments_at_once(small_judo):
