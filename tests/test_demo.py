@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import maskml
 from maskml import Pipeline, Prompt
 from maskml.demo import DemoSession
 from maskml.demo.session import HELP
+from maskml.demo.window import opencv_swap_commands
 from maskml.io.draw import TEXT_MARGIN, draw_text, fit_text, text_scale
 from maskml.io.masks import read_mask
 from maskml.io.stream import LiveStream
@@ -139,6 +141,24 @@ def test_live_source_shows_its_drops():
     assert session.index == 1 and int(session.frame[0, 0, 0]) == 3
     assert session.status.endswith("dropped 2")
     stream.close()
+
+
+def test_without_window_support_the_demo_says_how_to_swap_opencv(small_judo):
+    """The headless OpenCV that maskml installs has no windows: the advice swaps it for the desktop build of
+    the same version (installing that beside it would leave two builds sharing one cv2 folder) and back."""
+    opencv = version("opencv-python-headless")
+    swap = f"pip uninstall -y opencv-python-headless && pip install 'opencv-python=={opencv}'"
+    back = f"pip uninstall -y opencv-python && pip install 'opencv-python-headless=={opencv}'"
+    assert opencv_swap_commands() == (swap, back)
+    env = {**os.environ, "DISPLAY": ":99"}  # a display is set, so the window itself is what fails
+    demo = subprocess.run([sys.executable, "-m", "maskml", "demo", str(small_judo), "--prompter", "mobile_sam"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert demo.returncode == 2 and demo.stdout == ""
+    assert demo.stderr.count("\n") == 1 and "no window support" in demo.stderr
+    assert swap in demo.stderr and back in demo.stderr and "--point and --box" in demo.stderr
+    usage = subprocess.run([sys.executable, "-m", "maskml", "demo", "--help"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300).stdout
+    assert f"\n  {swap}\nand back:\n  {back}\n" in usage
 
 
 def xdotool(display: str, *args: str) -> str:
