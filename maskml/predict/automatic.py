@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from maskml.errors import MaskmlError
-from maskml.io.rle import compress_rle, decode_rle, encode_rle, rle_area
+from maskml.io.rle import compress_rle, decode_rle, encode_rle_compact, rle_area
 from maskml.ops.boxes import box_area, masks_to_boxes, nms, xyxy_to_xywh
 from maskml.predict.image import ImagePredictor, as_image_tensor
 
@@ -190,7 +190,7 @@ class AutomaticMaskGenerator:
         x0, y0, x1, y1 = crop_box
         if [x0, y0, x1, y1] != [0, 0, image_size[1], image_size[0]]:
             masks = F.pad(masks, (x0, image_size[1] - x1, y0, image_size[0] - y1))
-        return {"rles": encode_rle(masks.cpu()), "boxes": boxes.cpu(), "iou_preds": iou_preds.float().cpu(),
+        return {"rles": encode_rle_compact(masks.cpu()), "boxes": boxes.cpu(), "iou_preds": iou_preds.float().cpu(),
                 "stability_score": stability.float().cpu(), "points": points}
 
     def _postprocess_small_regions(self, data: dict, nms_thresh: float) -> dict:
@@ -204,7 +204,7 @@ class AutomaticMaskGenerator:
             mask, changed_holes = remove_small_regions(mask, self.min_mask_region_area, "holes")
             mask, changed_islands = remove_small_regions(mask, self.min_mask_region_area, "islands")
             mask = torch.from_numpy(mask)
-            rles.append(encode_rle(mask)[0] if changed_holes or changed_islands else rle)
+            rles.append(encode_rle_compact(mask)[0] if changed_holes or changed_islands else rle)
             boxes.append(masks_to_boxes(mask))
             scores.append(float(not (changed_holes or changed_islands)))
         boxes = torch.stack(boxes)
@@ -220,7 +220,7 @@ class AutomaticMaskGenerator:
         if self.output_mode == "coco_rle":
             segmentation = compress_rle(rle)
         elif self.output_mode == "uncompressed_rle":
-            segmentation = rle
+            segmentation = {"size": rle["size"], "counts": rle["counts"].tolist()}
         else:
             segmentation = decode_rle(rle).numpy()
         return {
