@@ -4,8 +4,9 @@
 Semantics, defaults and arithmetic follow the official SamAutomaticMaskGenerator, so its
 outputs are reproduced (see tests/test_automatic.py), with one exception: points_per_batch defaults
 to 16, not 64. The mask decoder's working memory grows by about 22 MB per point decoded together
-(1.4 GB at 64), while 16 points at a time decode as fast per point; the masks do not depend on it
-(on x86 CPUs the decoder's results are bit-identical for batches of 4 points or more).
+(1.4 GB at 64, 0.35 GB at 16), for a decoder about a fifth slower per point at 16 (2-core CPU); the
+masks do not depend on it (on this x86 CPU the decoder's results are bit-identical for batches of 4
+points or more; other BLAS builds may differ in the last bit, as they do from the official code).
 """
 from __future__ import annotations
 
