@@ -26,8 +26,9 @@ def encode_rle(masks: torch.Tensor) -> list[dict]:
 
 
 def encode_rle_compact(masks: torch.Tensor) -> list[dict]:
-    """encode_rle with the counts in an int32 tensor: 4 bytes a run where a list of Python ints takes
-    about 36, for RLEs kept by the thousand (the automatic generator's). Every function here takes both."""
+    """encode_rle with the counts in an int32 tensor: 4 bytes a run where a list of Python ints takes 8
+    (counts up to 256, which Python shares) to 36, for RLEs kept by the thousand (the automatic
+    generator's). Every function here takes both."""
     if masks.ndim == 2:
         masks = masks[None]
     if masks.ndim != 3:
