@@ -213,3 +213,24 @@ for _version, _release in (("2", "072824"), ("2.1", "092824")):
             f"sam{_version}_hiera_{_short}", _SAM2, dict(size=_size, version="2.0" if _version == "2" else "2.1"),
             f"{_SAM2_URL}{_release}/{_file}", _SAM2_SHA256[_file],
             f"SAM {_version} with a {_label} image encoder, images and video", state_dict_key="model"))
+
+# Sizes in bytes of the official files served at the URLs above, where an exact figure is on record (not yet
+# for the SAM 2 files of 07/2024 nor for Cutie's: `maskml models` shows "?" for those)
+OFFICIAL_FILE_BYTES = {
+    "sam_vit_b_01ec64.pth": 375042383,
+    "sam_vit_l_0b3195.pth": 1249524607,
+    "sam_vit_h_4b8939.pth": 2564550879,
+    "mobile_sam.pt": 40728226,
+    "sam2.1_hiera_tiny.pt": 156008466,
+    "sam2.1_hiera_small.pt": 184416285,
+    "sam2.1_hiera_base_plus.pt": 323606802,
+    "sam2.1_hiera_large.pt": 898083611,
+}
+# What each family is used for: SAM prompts images, Cutie tracks video, SAM 2 does both
+FAMILY_ROLES = {"sam": "image prompter", "cutie": "video tracker", "sam2": "image prompter + video tracker"}
+
+
+def parameter_count(name: str) -> int:
+    """Parameters of the architecture of `name` (built on the meta device: no memory, no weights)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in get_entry(name).build().parameters())

@@ -13,13 +13,14 @@ from maskml.io.images import atomic_paths
 IMAGE = FIXTURES / "sam" / "truck_1200x800.png"
 
 
-def test_point_prompt_writes_mask_logits_and_overlay(tmp_path, sam_checkpoints, truck_image):
+def test_point_prompt_writes_mask_logits_and_overlay(tmp_path, capsys, sam_checkpoints, truck_image):
     ckpt = sam_checkpoints["mobile_sam"]
     mask_path, logits_path, overlay_path = tmp_path / "m.png", tmp_path / "l.npy", tmp_path / "o.jpg"
     rc = main(["segment", str(IMAGE), "--model", "mobile_sam", "--checkpoint", str(ckpt), "--point", "430,310",
                "--point", "210,620,0", "--multimask", "--out", str(mask_path), "--logits", str(logits_path),
                "--overlay", str(overlay_path)])
     assert rc == 0
+    assert capsys.readouterr().out.strip().endswith(f"-> {mask_path}, {logits_path}, {overlay_path}")
 
     predictor = maskml.ImagePredictor(maskml.load_model("mobile_sam", checkpoint=ckpt))
     predictor.set_image(truck_image)
@@ -82,7 +83,7 @@ def test_failed_write_keeps_earlier_outputs_untouched(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
-def test_everything_writes_coco_rle_json_and_overlay(tmp_path, sam_checkpoints, truck_image):
+def test_everything_writes_coco_rle_json_and_overlay(tmp_path, capsys, sam_checkpoints, truck_image):
     import json
 
     from maskml.io.rle import decode_rle
@@ -92,6 +93,7 @@ def test_everything_writes_coco_rle_json_and_overlay(tmp_path, sam_checkpoints, 
                "--everything", "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
                "--out", str(out), "--overlay", str(overlay)])
     assert rc == 0
+    assert capsys.readouterr().out.strip().endswith(f"masks -> {out}, {overlay}")
     records = json.loads(out.read_text())
     assert records and all(set(r) == {"segmentation", "area", "bbox", "predicted_iou", "point_coords",
                                       "stability_score", "crop_box"} for r in records)

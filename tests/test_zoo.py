@@ -81,6 +81,7 @@ def test_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch):
     message = str(info.value)
     assert "could not download sam_vit_b_01ec64.pth" in message
     assert str(tmp_path / "sam_vit_b_01ec64.pth") in message
+    assert "--checkpoint PATH" in message and "checkpoint=PATH" in message and "CHECKPOINT=PATH" in message
     assert list(tmp_path.iterdir()) == []
 
 

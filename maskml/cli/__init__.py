@@ -12,7 +12,7 @@ import sys
 
 from maskml.errors import MaskmlError
 
-COMMANDS = ("segment", "track", "demo", "eval")
+COMMANDS = ("segment", "track", "demo", "eval", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -122,7 +122,7 @@ def run(args) -> None:
                 for i, record in enumerate(sorted(records, key=lambda r: -r["area"])):  # small masks on top
                     ids[decode_rle(record["segmentation"]).numpy()] = i + 1
                 save_image(temps[1], draw_masks(image, ids), image_format(args.overlay))
-        print(f"{len(records)} masks -> {args.out}")
+        print(f"{len(records)} masks -> {', '.join(map(str, outputs))}")
         return
 
     predictor = maskml.ImagePredictor(model)
@@ -141,4 +141,4 @@ def run(args) -> None:
             picture = draw_prompts(draw_masks(image, mask.astype(np.int64)), points, labels, box)
             save_image(next(rest), picture, image_format(args.overlay))
     score = float(out.scores[best])
-    print(f"mask {best if args.multimask else 0} (predicted IoU {score:.3f}, {int(mask.sum())} pixels) -> {args.out}")
+    print(f"mask {best if args.multimask else 0} (predicted IoU {score:.3f}, {int(mask.sum())} pixels) -> {', '.join(map(str, outputs))}")
