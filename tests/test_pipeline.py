@@ -63,7 +63,13 @@ def test_add_correct_and_remove_objects(frames, prompter, cutie_small_checkpoint
     reference.step(frames[2], expected2)
     torch.testing.assert_close(out3.probs, reference.step(frames[3]).probs, rtol=0, atol=0)
 
-    pipe.remove([1])
+    with pytest.raises(MaskmlError, match=r"cannot remove objects \[7\]: they are not tracked \(objects: \[1, 2\]\)"):
+        pipe.remove_objects([1, 7])  # checked first: object 1 stays
+    with pytest.raises(MaskmlError, match=r"an iterable of object ids, e.g. remove_objects\(\[2\]\)"):
+        tracker.remove_objects(2)
+    assert tracker.objects == [1, 2]
+    pipe.remove_objects([1])
+    assert tracker.objects == [2]
     out4 = pipe.step(frames[4])
     assert out4.object_ids == [2] and pipe.object_ids == [2] and set(out4.labels.unique().tolist()) <= {0, 2}
     pipe.reset()
@@ -107,7 +113,7 @@ class BoxTracker:
         self.boxes: dict[int, tuple] = {}
         self.steps = 0
 
-    def delete_objects(self, ids) -> None:
+    def remove_objects(self, ids) -> None:
         for i in ids:
             self.boxes.pop(i, None)
 
@@ -130,7 +136,7 @@ def test_tracker_that_takes_prompts_gets_them_unchanged(frames):
     out = pipe.step(frames[0], [Prompt(2, box=(10, 20, 30, 40))])
     assert out.object_ids == [2] and int((out.labels == 2).sum()) == 20 * 20
     assert pipe.step(frames[1]).object_ids == [2] and tracker.steps == 2
-    pipe.remove([2])
+    pipe.remove_objects([2])
     assert pipe.step(frames[2]).object_ids == [] and pipe.object_ids == []
     with pytest.raises(MaskmlError, match="no prompter"):
         pipe.segment(frames[0], [Prompt(1, points=[(1, 1)])])

@@ -63,7 +63,7 @@ def session():
     (lambda s: s.add_points(0, 1), "give points"),
     (lambda s: s.add_mask(0, 1, np.zeros((40, 60), bool)), "is empty"),
     (lambda s: list(s.propagate()), "no object has a prompt"),
-    (lambda s: s.remove_object(7), "object 7 does not exist"),
+    (lambda s: s.remove_objects([7]), r"cannot remove objects \[7\]: they are not tracked \(objects: none\)"),
 ])
 def test_bad_prompts_get_one_clear_error(session, call, match):
     with pytest.raises(maskml.MaskmlError, match=match):

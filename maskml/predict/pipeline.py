@@ -4,7 +4,7 @@
     out = pipe.step(frame, [Prompt(1, points=[(320, 200)])])   # object 1 from one click
     out = pipe.step(next_frame)                                  # tracked
     out = pipe.step(later_frame, [Prompt(1, box=(40, 60, 300, 420)), Prompt(2, points=[(500, 90)])])
-    pipe.remove([2])
+    pipe.remove_objects([2])
 
 A prompt for a tracked object corrects it on that frame: the prompter's mask replaces the tracker's
 estimate and enters its memory. The prompter is any image model ImagePredictor takes; its mask is the
@@ -22,13 +22,7 @@ import torch
 from maskml.errors import MaskmlError
 from maskml.predict.cutie.tracker import TrackerOutput
 from maskml.predict.image import ImagePredictor
-
-
-def check_object_id(value) -> int:
-    """An object id is a positive integer (bool is not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise MaskmlError(f"an object id must be a positive integer, got {value!r}")
-    return int(value)
+from maskml.predict.objects import check_object_id, ids_to_remove
 
 
 @dataclass(frozen=True)
@@ -102,7 +96,8 @@ class Tracker(Protocol):
     step(frame, mask=None) -> TrackerOutput tracks one more frame (H x W x 3 uint8 RGB). `mask`, an
     H x W map of object ids, adds the objects it holds, or replaces the tracker's estimate of tracked
     ones on this frame, and that mask enters the tracker's memory.
-    delete_objects(ids) stops tracking objects; reset() forgets everything (a new video).
+    remove_objects(ids) stops tracking objects (an iterable of tracked ids); reset() forgets everything
+    (a new video).
 
     A tracker that takes clicks itself (SAM 2) declares a `prompts` keyword,
     step(frame, mask=None, prompts=()), and gets the frame's Prompts unchanged when the pipeline has
@@ -110,7 +105,7 @@ class Tracker(Protocol):
 
     def step(self, frame, mask=None) -> TrackerOutput: ...
 
-    def delete_objects(self, ids) -> None: ...
+    def remove_objects(self, ids) -> None: ...
 
     def reset(self) -> None: ...
 
@@ -160,10 +155,10 @@ class Pipeline:
         self.object_ids = list(out.object_ids)
         return out
 
-    def remove(self, ids: Iterable[int]) -> None:
-        """Stop tracking these objects."""
-        ids = {int(i) for i in ids}
-        self.tracker.delete_objects(ids)
+    def remove_objects(self, ids: Iterable[int]) -> None:
+        """Stop tracking these objects (ids tracked as of the last step)."""
+        ids = ids_to_remove(ids, self.object_ids)
+        self.tracker.remove_objects(ids)
         self.object_ids = [i for i in self.object_ids if i not in ids]
 
     def reset(self) -> None:

@@ -20,6 +20,7 @@ from maskml.errors import MaskmlError
 from maskml.models.cutie import Cutie
 from maskml.models.cutie.transformer import aggregate
 from maskml.predict.cutie.memory import Memory
+from maskml.predict.objects import ids_to_remove
 from maskml.runtime import keep_freed_memory
 
 DEFAULTS = {
@@ -113,9 +114,9 @@ class VideoTracker:
         self.last_mem_ti = 0
         self.last_mask: torch.Tensor | None = None
 
-    def delete_objects(self, ids) -> None:
-        """Stop tracking these objects; their memories are freed."""
-        ids = {int(i) for i in ids}
+    def remove_objects(self, ids) -> None:
+        """Stop tracking these objects (an iterable of tracked ids); their memories are freed."""
+        ids = ids_to_remove(ids, self.objects)
         keep = [i for i, obj in enumerate(self.objects) if obj not in ids]
         self.objects = [self.objects[i] for i in keep]
         if self.last_mask is not None:

@@ -32,7 +32,7 @@ from maskml.errors import MaskmlError
 from maskml.io.video import open_video
 from maskml.models.sam2.sam2 import NO_OBJECT_LOGIT, FrameFeatures, Sam2
 from maskml.predict.image import _as_float_array, as_image_tensor
-from maskml.predict.pipeline import check_object_id
+from maskml.predict.objects import check_object_id, ids_to_remove
 from maskml.predict.resize import resize_like_pillow
 from maskml.runtime import keep_freed_memory
 
@@ -361,11 +361,11 @@ class VideoSession:
                 del track.non_cond[t]
 
     # ---------------------------------------------------------------------------------- objects
-    def remove_object(self, obj_id: int) -> list[int]:
-        """Forget an object and all its prompts and outputs; returns the remaining ids."""
-        if obj_id not in self.objects:
-            raise MaskmlError(f"object {obj_id} does not exist; objects: {self.obj_ids or 'none'}")
-        del self.objects[obj_id]
+    def remove_objects(self, ids) -> list[int]:
+        """Forget these objects (an iterable of ids) and all their prompts and outputs; returns the
+        remaining ids."""
+        for obj_id in ids_to_remove(ids, self.objects):
+            del self.objects[obj_id]
         return self.obj_ids
 
     def reset(self) -> None:

@@ -8,6 +8,7 @@ import torch
 
 from maskml.errors import MaskmlError
 from maskml.predict.cutie.tracker import TrackerOutput
+from maskml.predict.objects import ids_to_remove
 from maskml.predict.sam2.session import VideoSession, resolve_options
 
 STREAM_LENGTH = 2**31 - 1  # a live stream has no known end: object pointers are coded as in a long video
@@ -64,11 +65,12 @@ class Sam2Tracker:
         step = next(iter(session.propagate(start=t)))  # this frame only
         return to_tracker_output(step.obj_ids, step.logits)
 
-    def delete_objects(self, ids) -> None:
-        if self._session is not None:
-            for obj_id in ids:
-                if int(obj_id) in self._session.objects:
-                    self._session.remove_object(int(obj_id))
+    def remove_objects(self, ids) -> None:
+        """Stop tracking these objects (an iterable of tracked ids)."""
+        if self._session is None:
+            ids_to_remove(ids, ())  # nothing is tracked yet: the error names the ids
+        else:
+            self._session.remove_objects(ids)
 
     def reset(self) -> None:
         self._session = self._frames = None
