@@ -16,13 +16,12 @@ import inspect
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
-import numpy as np
 import torch
 
 from maskml.errors import MaskmlError
 from maskml.predict.cutie.tracker import TrackerOutput
-from maskml.predict.image import ImagePredictor
-from maskml.predict.objects import check_object_id, ids_to_remove
+from maskml.predict.image import ImagePredictor, _as_float_array
+from maskml.predict.checks import as_id_map, as_labels, check_object_id, frame_size, ids_to_remove
 
 
 @dataclass(frozen=True)
@@ -39,13 +38,14 @@ class Prompt:
 
     def __post_init__(self) -> None:
         check_object_id(self.object_id)
-        points = tuple((float(x), float(y)) for x, y in self.points)
-        labels = tuple(int(v) for v in self.labels) if self.labels else (1,) * len(points)
-        if len(labels) != len(points):
-            raise MaskmlError(f"object {self.object_id}: {len(points)} points but {len(labels)} labels")
-        if any(v not in (0, 1) for v in labels):
-            raise MaskmlError(f"object {self.object_id}: point labels must be 1 (object) or 0 (background)")
-        box = None if self.box is None else tuple(float(v) for v in self.box)
+        try:
+            points = () if self.points is None or len(self.points) == 0 else tuple(
+                (x, y) for x, y in _as_float_array(self.points, "points", (2,)).reshape(-1, 2).tolist())
+            given_labels = self.labels is not None and len(self.labels) > 0
+            labels = tuple(as_labels(self.labels, len(points)).tolist()) if given_labels else (1,) * len(points)
+            box = None if self.box is None else tuple(_as_float_array(self.box, "box", (4,)).reshape(-1).tolist())
+        except MaskmlError as exc:
+            raise MaskmlError(f"object {self.object_id}: {exc}") from None
         if box is not None and (len(box) != 4 or box[2] < box[0] or box[3] < box[1]):
             raise MaskmlError(f"object {self.object_id}: a box is x0, y0, x1, y1 with x1 >= x0 and y1 >= y0, "
                               f"got {self.box}")
@@ -146,8 +146,7 @@ class Pipeline:
             if prompts:
                 ids = self.segment(frame, prompts)
                 if mask is not None:
-                    given = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
-                    ids = torch.where(ids > 0, ids, given.to(ids.device, torch.int64))
+                    ids = torch.where(ids > 0, ids, as_id_map(mask, tuple(ids.shape)).to(ids.device))
                 mask = ids
             if mask is None and not self.object_ids:
                 return self._empty(frame)
@@ -168,10 +167,7 @@ class Pipeline:
         self._embedded = None
 
     def _empty(self, frame) -> TrackerOutput:
-        shape = tuple(getattr(frame, "shape", ()))
-        if len(shape) != 3 or shape[2] != 3:
-            raise MaskmlError(f"a frame must be an H x W x 3 uint8 RGB array, got shape {shape}")
-        h, w = shape[:2]
+        h, w = frame_size(frame)
         device = getattr(self.tracker, "device", "cpu")  # where the tracker's own outputs are
         return TrackerOutput(probs=torch.zeros(0, h, w, device=device), object_ids=[],
                              labels=torch.zeros(h, w, dtype=torch.int64, device=device))

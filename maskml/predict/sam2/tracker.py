@@ -3,12 +3,12 @@ frames as they arrive. Every prompt lands on a frame not tracked yet, so it make
 frame and stays in the object's memory."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from maskml.errors import MaskmlError
 from maskml.predict.cutie.tracker import TrackerOutput
-from maskml.predict.objects import ids_to_remove
+from maskml.predict.checks import (DEFAULT_MAX_OBJECTS, as_id_map, check_frame_size, check_object_count,
+                                   frame_size, ids_to_remove)
 from maskml.predict.sam2.session import VideoSession, resolve_options
 
 STREAM_LENGTH = 2**31 - 1  # a live stream has no known end: object pointers are coded as in a long video
@@ -38,22 +38,34 @@ class Sam2Tracker:
     """step(frame, mask=None, prompts=()) -> TrackerOutput; prompts are maskml.Prompt (clicks/boxes per
     object), mask an H x W id map (each id's pixels become that object's mask on this frame)."""
 
-    def __init__(self, model, **options) -> None:
-        """options: those of VideoSession (keep_window, ...)."""
+    def __init__(self, model, max_objects: int = DEFAULT_MAX_OBJECTS, **options) -> None:
+        """options: those of VideoSession (keep_window, ...); max_objects: how many objects masks may add
+        in all (each takes memory, see maskml.predict.checks.OBJECT_MEMORY)."""
         self.model = model
+        self.max_objects = max_objects
         self.options = resolve_options(options)
         self._frames: _LiveFrames | None = None
         self._session: VideoSession | None = None
 
     def step(self, frame, mask=None, prompts=()) -> TrackerOutput:
+        size = frame_size(frame)
+        check_frame_size(size, None if self._frames is None else self._frames.size)
+        ids = None if mask is None else as_id_map(mask, size)
+        if ids is not None:
+            present = [i for i in ids.unique().tolist() if i]
+            tracked = [] if self._session is None else list(self._session.objects)
+            total = len(set(tracked).union(present))
+            also = f", with the {len(tracked)} tracked, {total} objects" if tracked else ""
+            check_object_count(total, self.max_objects, f"the mask holds {len(present)} object ids{also}",
+                               f"give Sam2Tracker(model, max_objects={total})", getattr(self.model, "model_name", None),
+                               size)
         if self._session is None:
             self._frames = _LiveFrames(frame)
             self._session = VideoSession(self.model, self._frames, **self.options)
         else:
             self._frames.push(frame)
         session, t = self._session, self._frames.index
-        if mask is not None:
-            ids = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+        if ids is not None:
             for obj_id in ids.unique().tolist():
                 if obj_id:
                     session.add_mask(t, obj_id, ids == obj_id)
