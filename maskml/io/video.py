@@ -18,15 +18,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import cv2
-import numpy as np
+# FFmpeg, inside OpenCV, prints its own line about a broken file ("[mov,mp4,...] moov atom not found")
+# before maskml's message says what is wrong once. OpenCV reads this setting when it first uses FFmpeg,
+# so it is set on import (a setting of the user's own wins; a process that used OpenCV's FFmpeg before
+# importing maskml keeps FFmpeg's lines).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
-from maskml.errors import MaskmlError
-from maskml.io.images import _UMASK, read_image
+import cv2  # noqa: E402 - after the setting above
+import numpy as np  # noqa: E402
+
+from maskml.errors import MaskmlError  # noqa: E402
+from maskml.io.images import _UMASK, read_image  # noqa: E402
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEFAULT_FPS = 24.0  # a frame folder has no frame rate, and some containers report none
+
+
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """OpenCV's own log silenced for the block (its warnings for a file or camera it cannot open: the
+    MaskmlError that follows says it once), then set back."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 class VideoSource:
@@ -98,13 +116,14 @@ class VideoFile(VideoSource):
         self.path = path
         self._capture: cv2.VideoCapture | None = None  # frame()'s, opened on first use
         self._next = 0  # index of the frame that capture reads next
-        capture = cv2.VideoCapture(str(path))
-        try:
-            ok, frame = capture.read() if capture.isOpened() else (False, None)
-            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else 0
-            fps = capture.get(cv2.CAP_PROP_FPS) if ok else 0.0
-        finally:
-            capture.release()
+        with quiet_opencv():
+            capture = cv2.VideoCapture(str(path))
+            try:
+                ok, frame = capture.read() if capture.isOpened() else (False, None)
+                count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else 0
+                fps = capture.get(cv2.CAP_PROP_FPS) if ok else 0.0
+            finally:
+                capture.release()
         if not ok:
             raise MaskmlError(f"cannot decode video {path}: OpenCV cannot read it or it has no frames "
                               f"(re-encode it, e.g. ffmpeg -i {path.name} out.mp4, or extract its frames to a folder)")

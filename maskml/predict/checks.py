@@ -120,9 +120,9 @@ def check_frame_size(frame_size: tuple[int, int], video_size: tuple[int, int] | 
 # memory bank (up to keep_window frames of 64x64 features) and the decoder's work are a fixed cost; only
 # the logits and probabilities it returns have the frame's size (float32 each, 8 bytes a pixel).
 OBJECT_MEMORY = {  # model: (bytes per pixel, fixed bytes)
-    "cutie_small": (None, 0),
-    "cutie_base": (None, 0),
-    "sam2.1_hiera_t": (8, None),
+    "cutie_small": (113.0 * 2**20 / (480 * 854), 0),  # 113 MB per object at 854x480
+    "cutie_base": (113.0 * 2**20 / (480 * 854), 0),
+    "sam2.1_hiera_t": (8, 14 * 2**20),
 }
 # the other SAM 2 sizes differ in their image encoder, whose features are per frame, not per object: the
 # per-object parts (memory attention, mask decoder, memory encoder) have the same sizes in all of them
@@ -143,6 +143,12 @@ def object_memory(model_name: str | None, frame_size: tuple[int, int]) -> float 
         scale = min(1.0, 480 / min(h, w))
         h, w = h * scale, w * scale
     return per_pixel * h * w + fixed
+
+
+def check_max_objects(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise MaskmlError(f"max_objects must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def check_object_count(count: int, limit: int, what: str, how_to_raise: str, model_name: str | None,

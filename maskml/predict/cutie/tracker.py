@@ -20,8 +20,8 @@ from maskml.errors import MaskmlError
 from maskml.models.cutie import Cutie
 from maskml.models.cutie.transformer import aggregate
 from maskml.predict.cutie.memory import Memory
-from maskml.predict.checks import (DEFAULT_MAX_OBJECTS, as_id_map, check_frame_size, check_object_count,
-                                   ids_to_remove)
+from maskml.predict.checks import (DEFAULT_MAX_OBJECTS, as_id_map, check_frame_size, check_max_objects,
+                                   check_object_count, ids_to_remove)
 from maskml.runtime import keep_freed_memory
 
 DEFAULTS = {
@@ -96,7 +96,7 @@ class VideoTracker:
             raise MaskmlError(f"VideoTracker needs a Cutie model (cutie_small, cutie_base), got {type(model).__name__}")
         keep_freed_memory()
         self.model = model
-        self.max_objects = max_objects
+        self.max_objects = check_max_objects(max_objects)
         self.options = resolve_options(options)
         mem_every, stagger = self.options["mem_every"], self.options["stagger_updates"]
         if stagger >= mem_every:

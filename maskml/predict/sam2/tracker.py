@@ -7,8 +7,8 @@ import torch
 
 from maskml.errors import MaskmlError
 from maskml.predict.cutie.tracker import TrackerOutput
-from maskml.predict.checks import (DEFAULT_MAX_OBJECTS, as_id_map, check_frame_size, check_object_count,
-                                   frame_size, ids_to_remove)
+from maskml.predict.checks import (DEFAULT_MAX_OBJECTS, as_id_map, check_frame_size, check_max_objects,
+                                   check_object_count, frame_size, ids_to_remove)
 from maskml.predict.sam2.session import VideoSession, resolve_options
 
 STREAM_LENGTH = 2**31 - 1  # a live stream has no known end: object pointers are coded as in a long video
@@ -42,7 +42,7 @@ class Sam2Tracker:
         """options: those of VideoSession (keep_window, ...); max_objects: how many objects masks may add
         in all (each takes memory, see maskml.predict.checks.OBJECT_MEMORY)."""
         self.model = model
-        self.max_objects = max_objects
+        self.max_objects = check_max_objects(max_objects)
         self.options = resolve_options(options)
         self._frames: _LiveFrames | None = None
         self._session: VideoSession | None = None
