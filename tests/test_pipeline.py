@@ -206,3 +206,9 @@ def test_tracker_input_errors_say_what_and_how_to_fix(frames, cutie_small_checkp
         Prompt(1, points=[(10, 10, 1)])
     with pytest.raises(MaskmlError, match=r"object 2: box must be numbers"):
         Prompt(2, box="0,0,5,5")
+    assert Prompt(1, points=((x, 5) for x in (1, 2))).points == ((1.0, 5.0), (2.0, 5.0))
+    with pytest.raises(MaskmlError, match=r"prompts are a list of maskml.Prompt, e.g. \[Prompt\(1, points=\[\(320, "
+                                          r"200\)\]\)\], got Prompt"):
+        pipe.step(frames[1], Prompt(1, points=[(10, 10)]))
+    with pytest.raises(MaskmlError, match=r"prompts are maskml.Prompt records, .* got '1,1'"):
+        pipe.step(frames[1], ["1,1"])

@@ -94,6 +94,12 @@ def test_outputs_far_from_the_current_and_the_conditioning_frames_are_dropped(se
     assert kept == [t for t in range(27) if t != 10] + [t for t in range(484, 517) if t != 500] + list(range(983, 1000))
 
 
+def test_session_video_of_another_kind_is_one_clear_error():
+    with pytest.raises(maskml.MaskmlError, match=r"video must be a video file or frame folder \(a path\), frames "
+                                                 r"\(T, H, W, 3\) uint8 RGB, or a frame source .*, got int"):
+        VideoSession(maskml.build_model("sam2.1_hiera_t"), 5)
+
+
 def test_sam2_tracker_checks_frames_and_object_counts_before_any_work():
     tracker = maskml.Sam2Tracker(maskml.build_model("sam2.1_hiera_t"), max_objects=2)
     frame = np.zeros((40, 60, 3), np.uint8)

@@ -16,12 +16,25 @@ import inspect
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
+import numpy as np
 import torch
 
 from maskml.errors import MaskmlError
 from maskml.predict.cutie.tracker import TrackerOutput
 from maskml.predict.image import ImagePredictor, _as_float_array
 from maskml.predict.checks import as_id_map, as_labels, check_object_id, frame_size, ids_to_remove
+
+
+def _as_sequence(value, name: str):
+    """Points or labels as something with a length: an array as it is, any other iterable as a list."""
+    if value is None:
+        return ()
+    if isinstance(value, (np.ndarray, torch.Tensor, str)) or hasattr(value, "__len__"):
+        return value
+    try:
+        return list(value)
+    except TypeError:
+        raise MaskmlError(f"{name} must be a list of numbers, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -39,10 +52,10 @@ class Prompt:
     def __post_init__(self) -> None:
         check_object_id(self.object_id)
         try:
-            points = () if self.points is None or len(self.points) == 0 else tuple(
-                (x, y) for x, y in _as_float_array(self.points, "points", (2,)).reshape(-1, 2).tolist())
-            given_labels = self.labels is not None and len(self.labels) > 0
-            labels = tuple(as_labels(self.labels, len(points)).tolist()) if given_labels else (1,) * len(points)
+            given_points, given_labels = _as_sequence(self.points, "points"), _as_sequence(self.labels, "labels")
+            points = () if len(given_points) == 0 else tuple(
+                (x, y) for x, y in _as_float_array(given_points, "points", (2,)).reshape(-1, 2).tolist())
+            labels = tuple(as_labels(given_labels, len(points)).tolist()) if len(given_labels) else (1,) * len(points)
             box = None if self.box is None else tuple(_as_float_array(self.box, "box", (4,)).reshape(-1).tolist())
         except MaskmlError as exc:
             raise MaskmlError(f"object {self.object_id}: {exc}") from None
@@ -69,9 +82,21 @@ class Prompt:
                                   f"the {w}x{h} frame")
 
 
+def as_prompts(prompts: Iterable[Prompt]) -> list[Prompt]:
+    """A list of Prompt records, or a MaskmlError that shows the form."""
+    if isinstance(prompts, (Prompt, str)) or not hasattr(prompts, "__iter__"):
+        raise MaskmlError(f"prompts are a list of maskml.Prompt, e.g. [Prompt(1, points=[(320, 200)])], got "
+                          f"{type(prompts).__name__}")
+    prompts = list(prompts)
+    wrong = [p for p in prompts if not isinstance(p, Prompt)]
+    if wrong:
+        raise MaskmlError(f"prompts are maskml.Prompt records, e.g. Prompt(1, points=[(320, 200)]), got {wrong[0]!r}")
+    return prompts
+
+
 def prompt_masks(predictor: ImagePredictor, prompts: Iterable[Prompt]) -> torch.Tensor:
     """The masks of `prompts` on the predictor's image as one H x W int64 id map, later prompts on top."""
-    prompts = list(prompts)
+    prompts = as_prompts(prompts)
     ids = [p.object_id for p in prompts]
     if len(set(ids)) != len(ids):
         raise MaskmlError(f"one prompt per object and frame, got object ids {ids}: put all clicks of an "
@@ -137,7 +162,7 @@ class Pipeline:
         """Track one frame. `prompts` add objects or correct tracked ones on this frame; `mask`, an
         H x W id map (e.g. an annotation file), does the same for the objects it holds, and prompts go
         on top of it. A frame before any object costs nothing (an empty output)."""
-        prompts = list(prompts)
+        prompts = as_prompts(prompts)
         if self.tracker_takes_prompts:
             if not prompts and mask is None and not self.object_ids:
                 return self._empty(frame)

@@ -75,6 +75,9 @@ class _Frames:
     def __init__(self, video) -> None:
         if isinstance(video, (str, Path)):
             video = open_video(video)
+        if not hasattr(video, "__len__") or not (hasattr(video, "frame") or hasattr(video, "__getitem__")):
+            raise MaskmlError(f"video must be a video file or frame folder (a path), frames (T, H, W, 3) uint8 RGB, "
+                              f"or a frame source such as maskml.io.video.open_video's, got {type(video).__name__}")
         self.video = video
         self.count = len(video)
         if self.count == 0:
