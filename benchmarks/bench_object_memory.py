@@ -103,7 +103,8 @@ def main() -> None:
                    "--size", args.size, "--threads", str(args.threads)]
             rows.append(run_worker(cmd, f"{name}/{objects}"))
         per_object = {key: (rows[1][key] - rows[0][key]) / (args.objects - 1) for key in ("peak_rss_mb", "state_mb")}
-        print(f"| {name} | {rows[0]['peak_rss_mb']:.0f} / {rows[1]['peak_rss_mb']:.0f} | {per_object['peak_rss_mb']:.1f} "
+        print(f"| {name} | {rows[0]['peak_rss_mb']:.0f} / {rows[1]['peak_rss_mb']:.0f} "
+              f"| {per_object['peak_rss_mb']:.1f} "
               f"| {rows[0]['state_mb']:.1f} / {rows[1]['state_mb']:.1f} | {per_object['state_mb']:.2f} |", flush=True)
 
 if __name__ == "__main__":

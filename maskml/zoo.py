@@ -109,7 +109,8 @@ def read_checkpoint(entry: ModelEntry, path: str | Path, progress: bool = False)
         detail = first_sentence(str(exc).partition("WeightsUnpickler error:")[2])
         reason = f" ({detail})" if detail else ""
         raise MaskmlError(f"cannot read checkpoint {path} as tensors only{reason}: it is damaged, or it holds other "
-                          f"Python objects, which maskml does not unpickle as they could run code ({official}).") from None
+                          f"Python objects, which maskml does not unpickle as they could run code "
+                          f"({official}).") from None
     except Exception as exc:  # noqa: BLE001 - any other failure means "not a checkpoint we can read"
         raise MaskmlError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first_sentence(str(exc))} "
                           f"(the file is damaged or not a PyTorch checkpoint; {official}).") from None

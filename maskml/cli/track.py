@@ -138,7 +138,7 @@ def add_prompter_arguments(p, required: bool = False) -> None:
     p.add_argument("--prompter-checkpoint", help="the prompter's checkpoint file (default: the official file)")
 
 
-def check_object_count(count: int, what: str, args, frame_size: tuple[int, int]) -> None:
+def check_object_limit(count: int, what: str, args, frame_size: tuple[int, int]) -> None:
     """More than --max-objects objects is an error that says what they would cost."""
     from maskml.predict.checks import check_object_count
 
@@ -169,8 +169,8 @@ def load_prompt_masks(mask_dir: Path, source, frame_size: tuple[int, int], args)
         if not ids.any():
             raise MaskmlError(f"mask {path} contains no object (all background)")
         present = np.unique(ids[ids > 0])
-        check_object_count(len(present), f"mask {path} holds {len(present)} object ids ({present[0]} to "
-                                          f"{present[-1]})", args, frame_size)
+        what = f"mask {path} holds {len(present)} object ids ({present[0]} to {present[-1]})"
+        check_object_limit(len(present), what, args, frame_size)
         masks[index_of[path.stem]] = ids
     return masks
 
@@ -248,7 +248,7 @@ def gather_objects(args, source) -> tuple[dict, dict, set[int]]:
     mask_objects = {i: {int(v) for v in np.unique(ids) if v != 0} for i, ids in masks.items()}
     prompts = parse_prompts(args.point, args.box, source.size, None if live else len(source), mask_objects)
     all_ids = set().union(*mask_objects.values(), *({p.object_id for p in ps} for ps in prompts.values()))
-    check_object_count(len(all_ids), f"the masks and prompts give {len(all_ids)} objects", args, source.size)
+    check_object_limit(len(all_ids), f"the masks and prompts give {len(all_ids)} objects", args, source.size)
     return masks, prompts, all_ids
 
 

@@ -145,6 +145,16 @@ def object_memory(model_name: str | None, frame_size: tuple[int, int]) -> float 
     return per_pixel * h * w + fixed
 
 
+def check_mask_objects(present: list[int], tracked: list[int], tracker, size: tuple[int, int]) -> None:
+    """The objects of a mask on a frame of (H, W), with those a tracker (with `max_objects` and `model`)
+    already tracks, within its limit."""
+    total = len(set(tracked).union(present))
+    also = f", with the {len(tracked)} tracked, {total} objects" if tracked else ""
+    check_object_count(total, tracker.max_objects, f"the mask holds {len(present)} object ids{also}",
+                       f"give {type(tracker).__name__}(model, max_objects={total})",
+                       getattr(tracker.model, "model_name", None), size)
+
+
 def check_max_objects(value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise MaskmlError(f"max_objects must be a positive integer, got {value!r}")

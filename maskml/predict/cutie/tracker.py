@@ -20,8 +20,8 @@ from maskml.errors import MaskmlError
 from maskml.models.cutie import Cutie
 from maskml.models.cutie.transformer import aggregate
 from maskml.predict.cutie.memory import Memory
-from maskml.predict.checks import (DEFAULT_MAX_OBJECTS, as_id_map, check_frame_size, check_max_objects,
-                                   check_object_count, ids_to_remove)
+from maskml.predict.checks import (DEFAULT_MAX_OBJECTS, as_id_map, check_frame_size, check_mask_objects,
+                                   check_max_objects, ids_to_remove)
 from maskml.runtime import keep_freed_memory
 
 DEFAULTS = {
@@ -142,11 +142,7 @@ class VideoTracker:
                 raise MaskmlError(f"objects {missing} are not in the given mask (it holds {present})")
             if not objects:
                 raise MaskmlError("the given mask contains no object (all background)")
-            total = len(set(self.objects).union(objects))
-            tracked = f", with the {len(self.objects)} tracked, {total} objects" if self.objects else ""
-            check_object_count(total, self.max_objects, f"the mask holds {len(objects)} object ids{tracked}",
-                               f"give VideoTracker(model, max_objects={total})", getattr(self.model, "model_name", None),
-                               (h, w))
+            check_mask_objects(objects, self.objects, self, (h, w))
         self.video_size = (h, w)
 
         size = self.options["max_internal_size"]

@@ -7,8 +7,8 @@ import torch
 
 from maskml.errors import MaskmlError
 from maskml.predict.cutie.tracker import TrackerOutput
-from maskml.predict.checks import (DEFAULT_MAX_OBJECTS, as_id_map, check_frame_size, check_max_objects,
-                                   check_object_count, frame_size, ids_to_remove)
+from maskml.predict.checks import (DEFAULT_MAX_OBJECTS, as_id_map, check_frame_size, check_mask_objects,
+                                   check_max_objects, frame_size, ids_to_remove)
 from maskml.predict.sam2.session import VideoSession, resolve_options
 
 STREAM_LENGTH = 2**31 - 1  # a live stream has no known end: object pointers are coded as in a long video
@@ -53,12 +53,7 @@ class Sam2Tracker:
         ids = None if mask is None else as_id_map(mask, size)
         if ids is not None:
             present = [i for i in ids.unique().tolist() if i]
-            tracked = [] if self._session is None else list(self._session.objects)
-            total = len(set(tracked).union(present))
-            also = f", with the {len(tracked)} tracked, {total} objects" if tracked else ""
-            check_object_count(total, self.max_objects, f"the mask holds {len(present)} object ids{also}",
-                               f"give Sam2Tracker(model, max_objects={total})", getattr(self.model, "model_name", None),
-                               size)
+            check_mask_objects(present, [] if self._session is None else list(self._session.objects), self, size)
         if self._session is None:
             self._frames = _LiveFrames(frame)
             self._session = VideoSession(self.model, self._frames, **self.options)
