@@ -121,7 +121,7 @@ def check_frame_size(frame_size: tuple[int, int], video_size: tuple[int, int] | 
 # the logits and probabilities it returns have the frame's size (float32 each, 8 bytes a pixel).
 OBJECT_MEMORY = {  # model: (bytes per pixel, fixed bytes)
     "cutie_small": (113.0 * 2**20 / (480 * 854), 0),  # 113 MB per object at 854x480
-    "cutie_base": (113.0 * 2**20 / (480 * 854), 0),
+    "cutie_base": (100.3 * 2**20 / (480 * 854), 0),  # 100 MB per object at 854x480
     "sam2.1_hiera_t": (8, 14 * 2**20),
 }
 # the other SAM 2 sizes differ in their image encoder, whose features are per frame, not per object: the
