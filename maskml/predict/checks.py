@@ -103,10 +103,10 @@ def frame_size(frame) -> tuple[int, int]:
     return shape[:2]
 
 
-def check_frame_size(frame_size: tuple[int, int], video_size: tuple[int, int] | None) -> None:
+def check_frame_size(size: tuple[int, int], video_size: tuple[int, int] | None) -> None:
     """A tracker's frames share the size of its first one."""
-    if video_size is not None and tuple(frame_size) != tuple(video_size):
-        raise MaskmlError(f"the frame is {frame_size[1]}x{frame_size[0]}, but this video's frames are "
+    if video_size is not None and tuple(size) != tuple(video_size):
+        raise MaskmlError(f"the frame is {size[1]}x{size[0]}, but this video's frames are "
                           f"{video_size[1]}x{video_size[0]}: give every frame of a video at one size, or call "
                           f"reset() to start another video")
 
@@ -129,16 +129,18 @@ OBJECT_MEMORY = {  # model: (bytes per pixel, fixed bytes)
 MEASURED_FOR_FAMILY = {"cutie": "cutie_small", "sam2": "sam2.1_hiera_t"}
 
 
-def object_memory(model_name: str | None, frame_size: tuple[int, int]) -> float | None:
+def object_memory(model_name: str | None, size: tuple[int, int]) -> float | None:
     """Bytes one more tracked object takes with this model on frames of (H, W), or None if unknown."""
-    from maskml.zoo import _REGISTRY
+    from maskml.zoo import get_entry
 
-    entry = _REGISTRY.get(model_name or "")
-    measured = model_name if model_name in OBJECT_MEMORY else MEASURED_FOR_FAMILY.get(entry.family if entry else "")
+    if model_name is None:  # a model built outside the zoo
+        return None
+    entry = get_entry(model_name)
+    measured = model_name if model_name in OBJECT_MEMORY else MEASURED_FOR_FAMILY.get(entry.family)
     if measured is None:
         return None
     per_pixel, fixed = OBJECT_MEMORY[measured]
-    h, w = frame_size
+    h, w = size
     if entry.family == "cutie":  # resized as VideoTracker does with the default max_internal_size
         scale = min(1.0, 480 / min(h, w))
         h, w = h * scale, w * scale
@@ -149,27 +151,28 @@ def check_mask_objects(present: list[int], tracked: list[int], tracker, size: tu
     """The objects of a mask on a frame of (H, W), with those a tracker (with `max_objects` and `model`)
     already tracks, within its limit."""
     total = len(set(tracked).union(present))
-    also = f", with the {len(tracked)} tracked, {total} objects" if tracked else ""
+    also = f", which with the {len(tracked)} tracked make {total} objects" if tracked else ""
     check_object_count(total, tracker.max_objects, f"the mask holds {len(present)} object ids{also}",
                        f"give {type(tracker).__name__}(model, max_objects={total})",
                        getattr(tracker.model, "model_name", None), size)
 
 
 def check_max_objects(value) -> int:
+    """A tracker's max_objects: a positive integer."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise MaskmlError(f"max_objects must be a positive integer, got {value!r}")
     return int(value)
 
 
 def check_object_count(count: int, limit: int, what: str, how_to_raise: str, model_name: str | None,
-                       frame_size: tuple[int, int]) -> None:
+                       size: tuple[int, int]) -> None:
     """MaskmlError when `count` objects are more than `limit`: `what` gives them ("mask m.png holds 255
     object ids"), `how_to_raise` the option that allows more; the message estimates the memory they need."""
     if count <= limit:
         return
-    per_object = object_memory(model_name, frame_size)
+    per_object = object_memory(model_name, size)
     memory = "" if per_object is None else (
         f"; {count} objects would take about {count * per_object / 2**30:.1f} GB of memory with {model_name} on "
-        f"{frame_size[1]}x{frame_size[0]} frames ({per_object / 2**20:.0f} MB each)")
+        f"{size[1]}x{size[0]} frames ({per_object / 2**20:.0f} MB each)")
     raise MaskmlError(f"{what}: more than the limit of {limit} objects{memory}. To track that many, {how_to_raise}; "
                       f"otherwise check that the mask is a map of object ids (0 = background, each object one id)")
