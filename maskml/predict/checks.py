@@ -111,18 +111,22 @@ def check_frame_size(size: tuple[int, int], video_size: tuple[int, int] | None) 
                           f"reset() to start another video")
 
 
-# Memory one more tracked object takes, in bytes: (per pixel of the frame as the model sees it, fixed).
-# Measured as the growth of peak resident memory from 1 to 4 objects over 30 frames of examples/judo
-# (854x480) with default options, by `python benchmarks/bench_object_memory.py` (see there). Cutie works
-# on the frame resized so its shorter side is at most max_internal_size (480), and everything it keeps or
-# computes per object (mask encoder activations, sensory and value memories, decoder maps) has that
-# frame's area, so its cost is per pixel. SAM 2 works at 1024x1024 whatever the frame: per object its
-# memory bank (up to keep_window frames of 64x64 features) and the decoder's work are a fixed cost; only
-# the logits and probabilities it returns have the frame's size (float32 each, 8 bytes a pixel).
+# Memory one more tracked object takes, in bytes: (per pixel of the frame as the model sees it, fixed),
+# from `python benchmarks/bench_object_memory.py` (2026-12-06, 2 threads, examples/judo at 854x480, default
+# options; see there). Cutie runs its mask encoder and decoder on all objects of a frame at once, so each
+# object adds to the peak: peak resident memory grew by 113 MB (cutie_small) and 100 MB (cutie_base) per
+# object from 1 to 4 objects over 30 frames. Cutie works on the frame resized so its shorter side is at most
+# max_internal_size (480), and those activations and its memories have that frame's area: a cost per pixel.
+# SAM 2 works on one object after another, so what adds up is each object's state: its memory bank (up to
+# keep_window + 1 frames of 64x64x64 bfloat16 memories, 256x256 logits and a pointer) measured at 13.5 MB
+# (18 frames, 1 and 2 objects; the same whatever the frame size, as SAM 2 works at 1024x1024), plus the
+# float32 logits and probabilities it returns at the frame's size, 8 bytes a pixel. (Its peak grew by 64 MB
+# from 1 to 2 objects in that run, but SAM 2's peak varies by more than that between runs: bench_sam2.py
+# read 1267 MB for 1 object and 1143 MB for 3.)
 OBJECT_MEMORY = {  # model: (bytes per pixel, fixed bytes)
-    "cutie_small": (113.0 * 2**20 / (480 * 854), 0),  # 113 MB per object at 854x480
-    "cutie_base": (100.3 * 2**20 / (480 * 854), 0),  # 100 MB per object at 854x480
-    "sam2.1_hiera_t": (8, 14 * 2**20),
+    "cutie_small": (113.0 * 2**20 / (480 * 854), 0),
+    "cutie_base": (100.3 * 2**20 / (480 * 854), 0),
+    "sam2.1_hiera_t": (8, 13.5 * 2**20),
 }
 # the other SAM 2 sizes differ in their image encoder, whose features are per frame, not per object: the
 # per-object parts (memory attention, mask decoder, memory encoder) have the same sizes in all of them
