@@ -20,7 +20,9 @@ def test_point_prompt_writes_mask_logits_and_overlay(tmp_path, capsys, sam_check
                "--point", "210,620,0", "--multimask", "--out", str(mask_path), "--logits", str(logits_path),
                "--overlay", str(overlay_path)])
     assert rc == 0
-    assert capsys.readouterr().out.strip().endswith(f"-> {mask_path}, {logits_path}, {overlay_path}")
+    printed = capsys.readouterr()
+    assert printed.out.strip().endswith(f"-> {mask_path}, {logits_path}, {overlay_path}")
+    assert printed.err == f"loading mobile_sam from {ckpt} ...\n"  # the seconds of loading are no hang
 
     predictor = maskml.ImagePredictor(maskml.load_model("mobile_sam", checkpoint=ckpt))
     predictor.set_image(truck_image)
@@ -43,6 +45,8 @@ def test_point_prompt_writes_mask_logits_and_overlay(tmp_path, capsys, sam_check
 @pytest.mark.parametrize("args,message", [
     (["--point", "1300,10"], "outside the 1200x800 image"),
     (["--point", "10,-1"], "outside"),
+    (["--point", "-5,10"], "--point '-5,10' is outside the 1200x800 image"),  # not argparse's "expected one argument"
+    (["--box", "-5,-5,10,10"], "--box '-5,-5,10,10' is outside the 1200x800 image"),
     (["--point", "10,20,7"], "LABEL must be 1"),
     (["--point", "10;20"], "not of the form X,Y"),
     (["--box", "100,100,50,200"], "X0 < X1"),
@@ -60,6 +64,20 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, messag
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and err.startswith("maskml segment: error:")
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_folder_and_text_file_for_image_and_checkpoint(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, not a checkpoint")
+    for argv, message in [([str(tmp_path), "--point", "1,1"], f"image {tmp_path} is a folder, not a file"),
+                          ([str(IMAGE), "--point", "1,1", "--checkpoint", str(notes)],
+                           f"{notes} is not a checkpoint: a PyTorch checkpoint is a zip archive"),
+                          ([str(IMAGE), "--point", "1,1", "--checkpoint", str(tmp_path)],
+                           f"checkpoint {tmp_path} is a folder, not a file")]:
+        assert main(["segment", *argv, "--out", str(tmp_path / "m.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"maskml segment: error: {message}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_missing_or_unreadable_image(tmp_path, capsys):

@@ -17,7 +17,7 @@ from PIL import Image
 import maskml
 from conftest import FIXTURES, READ_BACK_FOURCCS, video_fourcc, write_parity_checkpoint
 from maskml.cli import main
-from maskml.io.masks import read_mask
+from maskml.io.masks import read_mask, save_mask
 
 JUDO = FIXTURES / "cutie" / "inputs" / "images" / "judo"
 JUDO_MASKS = FIXTURES / "cutie" / "inputs" / "masks" / "judo"
@@ -230,3 +230,55 @@ def test_an_existing_output_folder_keeps_the_files_maskml_did_not_write(tmp_path
     assert (out / "notes" / "00000.png").read_text() == "not maskml's"
     assert read_mask(out / "00001.png").shape == (96, 160)  # a result of the same name is replaced
     assert capsys.readouterr().out.strip().endswith(f"2 frames, objects [1] -> {out}")
+
+
+def test_too_many_objects_are_refused_before_the_model_loads(tmp_path, small_judo, cutie_small_checkpoint, capsys):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    every_id = np.arange(96 * 160).reshape(96, 160) % 256  # a mask of 0..255: a picture saved as a mask
+    save_mask(masks / "00000.png", every_id)
+    base = ["track", str(small_judo), "--model", "cutie_small", "--checkpoint", str(cutie_small_checkpoint),
+            "--mask-dir", str(masks), "--out", str(tmp_path / "out")]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "loading" not in err, err
+    assert (f"mask {masks / '00000.png'} holds 255 object ids (1 to 255): more than the limit of 32 objects; "
+            f"255 objects would take about ") in err
+    assert "with cutie_small on 160x96 frames" in err and "To track that many, give --max-objects 255" in err
+
+    three = np.zeros((96, 160), np.uint8)
+    three[10:30, 10:30], three[40:60, 40:60], three[70:90, 100:140] = 1, 2, 3
+    save_mask(masks / "00000.png", three)
+    assert main(base + ["--max-objects", "2"]) == 2
+    assert "holds 3 object ids (1 to 3): more than the limit of 2 objects" in capsys.readouterr().err
+    assert main(base + ["--max-objects", "2", "--point", "4:1:5,5", "--prompter", "mobile_sam"]) == 2
+    assert "holds 3 object ids" in capsys.readouterr().err
+    save_mask(masks / "00000.png", np.minimum(three, 2))
+    assert main(base + ["--max-objects", "2", "--point", "4:1:5,5", "--prompter", "mobile_sam"]) == 2
+    assert "the masks and prompts give 3 objects: more than the limit of 2" in capsys.readouterr().err
+    assert main(base + ["--max-objects", "0"]) == 2
+    assert "--max-objects 0: give a positive number of objects" in capsys.readouterr().err
+    save_mask(masks / "00000.png", three)
+    assert main(base + ["--max-objects", "3"]) == 0
+    assert sorted(np.unique(read_mask(tmp_path / "out" / "00000.png")).tolist()) == [0, 1, 2, 3]
+
+
+def test_broken_video_prints_only_maskmls_line(tmp_path):
+    """FFmpeg's own "[mov,mp4,...] moov atom not found" line is silenced: stderr is maskml's one line."""
+    import subprocess
+    import sys
+
+    writer = cv2.VideoWriter(str(tmp_path / "good.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
+    for i in range(5):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    data = (tmp_path / "good.mp4").read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(data[:len(data) // 2])  # FFmpeg: "Invalid mdhd time scale"
+    (tmp_path / "junk.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")  # FFmpeg: "moov atom not found"
+    for name in ("truncated.mp4", "junk.mp4"):
+        run = subprocess.run([sys.executable, "-m", "maskml", "track", str(tmp_path / name), "--mask-dir",
+                              str(JUDO_MASKS), "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                             cwd=FIXTURES.parents[1])
+        assert run.returncode == 2
+        assert run.stderr.startswith(f"maskml track: error: cannot decode video {tmp_path / name}") and \
+            run.stderr.count("\n") == 1, run.stderr

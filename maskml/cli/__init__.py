@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from maskml.errors import MaskmlError
@@ -15,8 +16,19 @@ from maskml.errors import MaskmlError
 COMMANDS = ("segment", "track", "demo", "eval", "models")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a value that starts with a minus and a digit is a value, not an unknown option: a
+    click left of or above the image (--point -5,10) is then reported as outside it. (argparse itself
+    takes only plain negative numbers such as -5 for values; no maskml option name starts with a digit.)
+    Sub-command parsers are of this class too (add_subparsers makes them of the parser's class)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskml", description="Promptable image and video object segmentation.")
+    parser = Parser(prog="maskml", description="Promptable image and video object segmentation.")
     parser.add_argument("--version", action="version", version=f"maskml {importlib.import_module('maskml').__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:

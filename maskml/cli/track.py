@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from maskml.errors import MaskmlError
+from maskml.predict.checks import DEFAULT_MAX_OBJECTS
 
 EPILOG = """examples:
   maskml track video.mp4 --model cutie_small --mask-dir first_masks/ --out masks/ --overlay tracked.mp4
@@ -113,6 +114,9 @@ def add_source_arguments(p) -> None:
     p.add_argument("--checkpoint", help="checkpoint file (default: the official file from the cache)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="engine option by its official name, e.g. mem_every=3 (repeatable)")
+    p.add_argument("--max-objects", type=int, default=DEFAULT_MAX_OBJECTS, metavar="N",
+                   help=f"track at most N objects (default {DEFAULT_MAX_OBJECTS}): each one takes memory, and a mask "
+                        f"with hundreds of ids is more often a wrong file than a wish")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
 
@@ -131,9 +135,14 @@ def load_tracker(args, options: dict):
     """The --model tracker: VideoTracker (Cutie) or Sam2Tracker, with its --option values."""
     import maskml
 
+    from maskml.predict.cutie.tracker import resolve_options as cutie_options
+    from maskml.predict.sam2.session import resolve_options as sam2_options
+
     family = tracker_family(args.model)
+    (cutie_options if family == "cutie" else sam2_options)(options)  # a wrong --option fails before the model loads
     model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
-    return maskml.VideoTracker(model, **options) if family == "cutie" else maskml.Sam2Tracker(model, **options)
+    tracker = maskml.VideoTracker if family == "cutie" else maskml.Sam2Tracker
+    return tracker(model, max_objects=args.max_objects, **options)
 
 
 def add_prompter_arguments(p, required: bool = False) -> None:
@@ -142,8 +151,17 @@ def add_prompter_arguments(p, required: bool = False) -> None:
     p.add_argument("--prompter-checkpoint", help="the prompter's checkpoint file (default: the official file)")
 
 
-def load_prompt_masks(mask_dir: Path, source, frame_size: tuple[int, int]) -> dict[int, np.ndarray]:
-    """{frame index: H x W object ids} from --mask-dir, checked against the video's frames."""
+def check_object_limit(count: int, what: str, args, frame_size: tuple[int, int]) -> None:
+    """More than --max-objects objects is an error that says what they would cost."""
+    from maskml.predict.checks import check_object_count
+
+    if args.max_objects < 1:
+        raise MaskmlError(f"--max-objects {args.max_objects}: give a positive number of objects")
+    check_object_count(count, args.max_objects, what, f"give --max-objects {count}", args.model, frame_size)
+
+
+def load_prompt_masks(mask_dir: Path, source, frame_size: tuple[int, int], args) -> dict[int, np.ndarray]:
+    """{frame index: H x W object ids} from --mask-dir, checked against the video's frames and --max-objects."""
     from maskml.io.masks import read_mask
 
     if not mask_dir.is_dir():
@@ -163,6 +181,9 @@ def load_prompt_masks(mask_dir: Path, source, frame_size: tuple[int, int]) -> di
                               f"{frame_size[1]}x{frame_size[0]}")
         if not ids.any():
             raise MaskmlError(f"mask {path} contains no object (all background)")
+        present = np.unique(ids[ids > 0])
+        what = f"mask {path} holds {len(present)} object ids ({present[0]} to {present[-1]})"
+        check_object_limit(len(present), what, args, frame_size)
         masks[index_of[path.stem]] = ids
     return masks
 
@@ -236,10 +257,11 @@ def gather_objects(args, source) -> tuple[dict, dict, set[int]]:
     if args.mask_dir and live:
         raise MaskmlError("--mask-dir needs a video file or a frame folder (a live stream's frames are not "
                           "known in advance): give the objects with --point/--box")
-    masks = load_prompt_masks(Path(args.mask_dir), source, source.size) if args.mask_dir else {}
+    masks = load_prompt_masks(Path(args.mask_dir), source, source.size, args) if args.mask_dir else {}
     mask_objects = {i: {int(v) for v in np.unique(ids) if v != 0} for i, ids in masks.items()}
     prompts = parse_prompts(args.point, args.box, source.size, None if live else len(source), mask_objects)
     all_ids = set().union(*mask_objects.values(), *({p.object_id for p in ps} for ps in prompts.values()))
+    check_object_limit(len(all_ids), f"the masks and prompts give {len(all_ids)} objects", args, source.size)
     return masks, prompts, all_ids
 
 

@@ -17,16 +17,42 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import cv2
-import numpy as np
+# FFmpeg, inside OpenCV, prints its own line about a broken file ("[mov,mp4,...] moov atom not found")
+# before maskml's message says what is wrong once. OpenCV reads this setting when it first uses FFmpeg,
+# so it is set on import (a setting of the user's own wins; a process that used OpenCV's FFmpeg before
+# importing maskml keeps FFmpeg's lines).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
-from maskml.errors import MaskmlError
-from maskml.io.images import read_image
-from maskml.io.outputs import temporary_file
+import cv2  # noqa: E402 - after the setting above
+import numpy as np  # noqa: E402
+
+from maskml.errors import MaskmlError  # noqa: E402
+from maskml.io.images import read_image  # noqa: E402
+from maskml.io.outputs import temporary_file  # noqa: E402
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEFAULT_FPS = 24.0  # a frame folder has no frame rate, and some containers report none
+
+
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """Silence what FFmpeg and OpenCV print straight to the process's stderr while a capture or a writer
+    is opened (e.g. "tag 0x30395056/'VP90' is not supported", a hardware H.264 encoder that finds no
+    device, warnings for a file or camera it cannot open): whether it opened is the one answer needed,
+    and the MaskmlError that follows a failure says it once."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    level = cv2.utils.logging.getLogLevel()
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class VideoSource:
@@ -98,13 +124,14 @@ class VideoFile(VideoSource):
         self.path = path
         self._capture: cv2.VideoCapture | None = None  # frame()'s, opened on first use
         self._next = 0  # index of the frame that capture reads next
-        capture = cv2.VideoCapture(str(path))
-        try:
-            ok, frame = capture.read() if capture.isOpened() else (False, None)
-            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else 0
-            fps = capture.get(cv2.CAP_PROP_FPS) if ok else 0.0
-        finally:
-            capture.release()
+        with quiet_opencv():
+            capture = cv2.VideoCapture(str(path))
+            try:
+                ok, frame = capture.read() if capture.isOpened() else (False, None)
+                count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else 0
+                fps = capture.get(cv2.CAP_PROP_FPS) if ok else 0.0
+            finally:
+                capture.release()
         if not ok:
             raise MaskmlError(f"cannot decode video {path}: OpenCV cannot read it or it has no frames "
                               f"(re-encode it, e.g. ffmpeg -i {path.name} out.mp4, or extract its frames to a folder)")
@@ -172,25 +199,6 @@ CODEC_NAMES = {"avc1": "H.264", "vp09": "VP9", "VP90": "VP9", "VP80": "VP8", "mp
 BROWSER_PLAYABLE = {"avc1", "vp09", "VP90", "VP80"}
 
 
-@contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence what FFmpeg and OpenCV print straight to the process's stderr (e.g. "tag 0x30395056/'VP90'
-    is not supported", or a hardware H.264 encoder that finds no device) while a writer is opened:
-    whether the writer opened is the one answer needed."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    level = cv2.utils.logging.getLogLevel()
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-        yield
-    finally:
-        cv2.utils.logging.setLogLevel(level)
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 class VideoWriter:
     """Writer of H x W x 3 uint8 RGB frames of one size into an .mp4 or .webm file, in a format
     browsers play where the installed OpenCV can encode one: for .mp4 H.264, else VP9, else mp4v
@@ -217,7 +225,7 @@ class VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = temporary_file(self.path)  # its name ends in the final name: OpenCV picks the container from it
         for fourcc in codecs:
-            with _quiet_stderr():
+            with quiet_opencv():
                 self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), fps, self.size)
             if self.writer.isOpened():
                 break
