@@ -67,17 +67,20 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, messag
 
 
 def test_folder_and_text_file_for_image_and_checkpoint(tmp_path, capsys):
-    notes = tmp_path / "notes.txt"
+    folder, out = tmp_path / "inputs", tmp_path / "out"  # outputs apart: inside an input they are refused first
+    folder.mkdir()
+    notes = folder / "notes.txt"
     notes.write_text("my notes, not a checkpoint")
-    for argv, message in [([str(tmp_path), "--point", "1,1"], f"image {tmp_path} is a folder, not a file"),
+    for argv, message in [([str(folder), "--point", "1,1"], f"image {folder} is a folder, not a file"),
                           ([str(IMAGE), "--point", "1,1", "--checkpoint", str(notes)],
                            f"{notes} is not a checkpoint: a PyTorch checkpoint is a zip archive"),
-                          ([str(IMAGE), "--point", "1,1", "--checkpoint", str(tmp_path)],
-                           f"checkpoint {tmp_path} is a folder, not a file")]:
-        assert main(["segment", *argv, "--out", str(tmp_path / "m.png")]) == 2
+                          ([str(IMAGE), "--point", "1,1", "--checkpoint", str(folder)],
+                           f"checkpoint {folder} is a folder, not a file")]:
+        assert main(["segment", *argv, "--out", str(out / "m.png")]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"maskml segment: error: {message}") and err.count("\n") == 1, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_missing_or_unreadable_image(tmp_path, capsys):

@@ -101,9 +101,9 @@ def run(args) -> None:
     import maskml
     from maskml.io.draw import draw_masks, draw_prompts
 
+    image = read_image(args.image)  # first: a wrong input is the message to give, not what it implies for outputs
     check_outputs({"IMAGE": args.image, "--checkpoint": args.checkpoint},
                   files={"--out": args.out, "--logits": args.logits, "--overlay": args.overlay})
-    image = read_image(args.image)
     height, width = image.shape[:2]
     points, labels, box = check_arguments(args, height, width)
     model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
