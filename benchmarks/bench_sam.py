@@ -30,7 +30,7 @@ OFFICIAL_BUILDERS = {"mobile_sam": "build_sam_vit_t", "sam_vit_b": "build_sam_vi
                      "sam_vit_h": "build_sam_vit_h"}
 
 
-BATCH = 64  # the automatic mask generator's default points_per_batch
+BATCH = 64  # the official automatic mask generator's default points_per_batch (maskml's is 16)
 
 
 def grid_points(dtype):

@@ -32,8 +32,9 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True, ti
     its final name."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
-    hint = (f"Download it by hand from {url} and put it at {dest} "
-            f"(or set MASKML_HOME, or pass an explicit checkpoint path).")
+    hint = (f"Download it by hand from {url} and put it at {dest} (or into the folder MASKML_HOME names), "
+            f"or anywhere and give its path: --checkpoint PATH on the command line, checkpoint=PATH in Python, "
+            f"CHECKPOINT=PATH with make demo.")
     algorithm, expected = ("sha256", sha256) if sha256 or not md5 else ("md5", md5)
     digest = hashlib.new(algorithm)
     try:

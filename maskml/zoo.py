@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import pickle
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,26 +75,64 @@ def build_model(name: str) -> nn.Module:
     return model
 
 
-def read_checkpoint(entry: ModelEntry, path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict inside an official checkpoint file, unused tensors removed."""
+def first_sentence(text: str) -> str:
+    """The first sentence of a library's error message, whose advice is meant for its own users."""
+    return next(iter(text.strip().splitlines()), "").split(". ")[0].rstrip(".")
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive; before torch 1.6, a pickle (first byte 0x80)
+
+
+def read_checkpoint(entry: ModelEntry, path: str | Path, progress: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict inside an official checkpoint file, unused tensors removed. progress: say on stderr
+    that the file is being loaded, once it is known to be a checkpoint (a large model takes 10-50 s)."""
     path = Path(path)
+    official = f"expected the official {entry.filename}"
+    if path.is_dir():
+        raise MaskmlError(f"checkpoint {path} is a folder, not a file: give the checkpoint file itself ({official}).")
     if not path.is_file():
-        raise MaskmlError(f"checkpoint file {path} does not exist (expected the official {entry.filename}).")
+        raise MaskmlError(f"checkpoint file {path} does not exist ({official}).")
+    with open(path, "rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+    zipped = head == ZIP_MAGIC
+    if not zipped and not head.startswith(b"\x80"):
+        raise MaskmlError(f"{path} is not a checkpoint: a PyTorch checkpoint is a zip archive (or an old-style "
+                          f"pickle), and this file is neither ({official}).")
+    if progress:
+        print(f"loading {entry.name} from {path} ...", file=sys.stderr, flush=True)
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # not in the zip format: mmap is impossible, plain load works
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we can read"
-        raise MaskmlError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. "
-                          f"Expected the official {entry.filename}.") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says what counts
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except pickle.UnpicklingError as exc:
+        # torch's message goes on to advise weights_only=False, which would let the file run code
+        detail = first_sentence(str(exc).partition("WeightsUnpickler error:")[2])
+        reason = f" ({detail})" if detail else ""
+        raise MaskmlError(f"cannot read checkpoint {path} as tensors only{reason}: it is damaged, or it holds other "
+                          f"Python objects, which maskml does not unpickle as they could run code "
+                          f"({official}).") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure means "not a checkpoint we can read"
+        raise MaskmlError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first_sentence(str(exc))} "
+                          f"(the file is damaged or not a PyTorch checkpoint; {official}).") from None
+    state = state_in(entry, obj)
+    if state is None:
+        guess = _guess_model(obj, entry.name)
+        hint = f" It looks like a checkpoint for {guess}." if guess else ""
+        if entry.state_dict_key is not None:
+            raise MaskmlError(f"checkpoint {path} has no {entry.state_dict_key!r} entry holding tensors; {entry.name} "
+                              f"expects the official {entry.filename} layout ({{{entry.state_dict_key!r}: "
+                              f"state_dict}}).{hint}")
+        raise MaskmlError(f"checkpoint {path} does not hold a state dict of tensors ({official}).{hint}")
+    return state
+
+
+def state_in(entry: ModelEntry, obj) -> dict[str, torch.Tensor] | None:
+    """The state dict that `obj`, a loaded checkpoint file, holds in the layout of `entry`'s official file
+    (unused tensors removed), or None when the layout is another."""
     if entry.state_dict_key is not None:
-        if not isinstance(obj, dict) or entry.state_dict_key not in obj:
-            raise MaskmlError(f"checkpoint {path} has no {entry.state_dict_key!r} entry; {entry.name} expects the "
-                              f"official {entry.filename} layout ({{{entry.state_dict_key!r}: state_dict}}).")
-        obj = obj[entry.state_dict_key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise MaskmlError(f"checkpoint {path} does not hold a state dict of tensors (expected {entry.filename}).")
+        obj = obj.get(entry.state_dict_key) if isinstance(obj, dict) else None
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return None
     return {k: v for k, v in obj.items() if not k.startswith(entry.ignored_prefixes)}
 
 
@@ -103,18 +144,18 @@ def _mismatch(model_sd: dict[str, torch.Tensor], file_sd: dict[str, torch.Tensor
     return missing, unexpected, shapes
 
 
-def _guess_model(file_sd: dict[str, torch.Tensor], exclude: str) -> str | None:
-    """Name of another registered model whose architecture fits the file exactly."""
+def _guess_model(obj, exclude: str) -> str | None:
+    """Name of another registered model whose file layout and architecture fit `obj` (a loaded checkpoint) exactly."""
     for name, entry in _REGISTRY.items():
-        if name == exclude:
+        state = state_in(entry, obj)
+        if name == exclude or state is None:
             continue
         with torch.device("meta"):
             try:
                 other = entry.build().state_dict()
             except Exception:  # noqa: BLE001 - a family that cannot build on meta is simply not a guess
                 continue
-        pruned = {k: v for k, v in file_sd.items() if not k.startswith(entry.ignored_prefixes)}
-        if not any(_mismatch(other, pruned)):
+        if not any(_mismatch(other, state)):
             return name
     return None
 
@@ -131,7 +172,7 @@ def load_state(model: nn.Module, entry: ModelEntry, state: dict[str, torch.Tenso
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (e.g. " + ", ".join(
                 f"{k}: file {list(a)} vs model {list(b)}" for k, a, b in shapes[:2]) + ")")
-        guess = _guess_model(state, entry.name)
+        guess = _guess_model({entry.state_dict_key: state} if entry.state_dict_key else state, entry.name)
         hint = f" It looks like a checkpoint for {guess}." if guess else ""
         raise MaskmlError(f"checkpoint {source} does not fit {entry.name}: {'; '.join(parts)}.{hint}")
     model.load_state_dict(state, strict=True)
@@ -143,7 +184,8 @@ BACKENDS = ("torch", "onnxruntime")
 def load_model(name: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
                progress: bool = True, backend: str = "torch", providers: list[str] | None = None) -> nn.Module:
     """Build `name` and load its official weights, from `checkpoint` or from the cache folder
-    ($MASKML_HOME, default ~/.cache/maskml), downloading them there if needed.
+    ($MASKML_HOME, default ~/.cache/maskml), downloading them there if needed. progress: report on
+    stderr what takes time (the download's progress bar, a line while the weights load); False is silent.
     backend="onnxruntime": checkpoint is a folder written by `maskml export`, run by ONNX Runtime with
     `providers` (default CPU; they, not `device`, choose the hardware)."""
     entry = get_entry(name)
@@ -160,7 +202,7 @@ def load_model(name: str, checkpoint: str | Path | None = None, device: str | to
         raise MaskmlError("providers apply to backend='onnxruntime' only")
     path = Path(checkpoint) if checkpoint is not None else cached_file(entry.filename, entry.url, entry.sha256,
                                                                       progress=progress, md5=entry.md5)
-    state = read_checkpoint(entry, path)
+    state = read_checkpoint(entry, path, progress)
     model = build_model(name)
     load_state(model, entry, state, str(path))
     try:
@@ -229,3 +271,24 @@ for _version, _release in (("2", "072824"), ("2.1", "092824")):
             f"sam{_version}_hiera_{_short}", _SAM2, dict(size=_size, version="2.0" if _version == "2" else "2.1"),
             f"{_SAM2_URL}{_release}/{_file}", _SAM2_SHA256[_file],
             f"SAM {_version} with a {_label} image encoder, images and video", state_dict_key="model"))
+
+# Sizes in bytes of the official files served at the URLs above, where an exact figure is on record (not yet
+# for the SAM 2 files of 07/2024 nor for Cutie's: `maskml models` shows "?" for those)
+OFFICIAL_FILE_BYTES = {
+    "sam_vit_b_01ec64.pth": 375042383,
+    "sam_vit_l_0b3195.pth": 1249524607,
+    "sam_vit_h_4b8939.pth": 2564550879,
+    "mobile_sam.pt": 40728226,
+    "sam2.1_hiera_tiny.pt": 156008466,
+    "sam2.1_hiera_small.pt": 184416285,
+    "sam2.1_hiera_base_plus.pt": 323606802,
+    "sam2.1_hiera_large.pt": 898083611,
+}
+# What each family is used for: SAM prompts images, Cutie tracks video, SAM 2 does both
+FAMILY_ROLES = {"sam": "image prompter", "cutie": "video tracker", "sam2": "image prompter + video tracker"}
+
+
+def parameter_count(name: str) -> int:
+    """Parameters of the architecture of `name` (built on the meta device: no memory, no weights)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in get_entry(name).build().parameters())

@@ -32,6 +32,21 @@ def write_parity_checkpoint(manifest: Path, dest: Path, wrap_key: str | None = N
     return dest
 
 
+def video_fourcc(path) -> str:
+    """The codec of a video file as FFmpeg reports it through OpenCV ("VP90", "avc1", "FMP4", ...)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    code = int(capture.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF
+    capture.release()
+    return code.to_bytes(4, "little").decode("ascii", "replace")
+
+
+# what video_fourcc reads back for each fourcc maskml's VideoWriter may write with
+READ_BACK_FOURCCS = {"avc1": {"avc1", "h264", "H264"}, "vp09": {"VP90", "vp09"}, "VP90": {"VP90", "vp09"},
+                     "VP80": {"VP80"}, "mp4v": {"FMP4", "mp4v"}}
+
+
 def unpack_masks(npz) -> np.ndarray:
     shape = tuple(int(s) for s in npz["masks_shape"])
     return np.unpackbits(npz["masks_packed"], count=int(np.prod(shape))).reshape(shape).astype(bool)

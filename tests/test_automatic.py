@@ -11,7 +11,14 @@ import maskml
 from conftest import FIXTURES, unpack_masks
 from maskml.io.rle import decode_rle
 from maskml.ops.boxes import masks_to_boxes, nms
-from maskml.predict.automatic import crop_boxes, point_grid, remove_small_regions, stability_score
+from maskml.predict import automatic
+from maskml.predict.automatic import (
+    UPSCALED_PIXELS_AT_ONCE,
+    crop_boxes,
+    point_grid,
+    remove_small_regions,
+    stability_score,
+)
 
 SAM = FIXTURES / "sam"
 CASES = {c["name"]: c for c in json.loads((SAM / "cases.json").read_text())["cases"]}
@@ -61,11 +68,21 @@ def test_coco_rle_output_and_crop_layers(mobile_sam, truck_image):
     json.dumps(records)  # serialisable as is
 
 
+@pytest.mark.parametrize("n", range(1, 101))
+def test_point_grid_is_bit_identical_to_official(n):
+    # the official build_point_grid: numpy.linspace over the cell centres, tiled row by row
+    offset = 1 / (2 * n)
+    side = np.linspace(offset, 1 - offset, n)
+    official = np.stack([np.tile(side[None, :], (n, 1)), np.tile(side[:, None], (1, n))], axis=-1).reshape(-1, 2)
+    grid = point_grid(n)
+    assert grid.dtype == torch.float64
+    np.testing.assert_array_equal(grid.numpy(), official, strict=True)
+
+
 def test_point_grid_and_crop_boxes():
     grid = point_grid(4)
     np.testing.assert_array_equal(grid[:5].numpy(), [[0.125, 0.125], [0.375, 0.125], [0.625, 0.125],
                                                      [0.875, 0.125], [0.125, 0.375]])
-    np.testing.assert_array_equal(point_grid(7).numpy()[:7, 0], np.linspace(1 / 14, 1 - 1 / 14, 7))
     boxes = crop_boxes(800, 1200, 2, 512 / 1500)
     assert boxes[0] == ([0, 0, 1200, 800], 0)
     # layer 1: overlap = int(512/1500 * 800 * 2/2) = 273, crop = ceil((273 + 1200) / 2) = 737 x ceil(1073/2) = 537
@@ -110,3 +127,15 @@ def test_remove_small_regions():
     island[5:9, 5:9] = True
     cleaned, changed = remove_small_regions(island, 2, "islands")
     assert changed and not cleaned[0, 0] and cleaned[5:9, 5:9].all() and cleaned.sum() == 16
+
+
+
+def test_upscaling_a_few_masks_at_a_time_changes_nothing(mobile_sam, truck_image, monkeypatch):
+    # by default the 192 masks of a 64-point batch are upscaled a few at a time; with an unbounded budget
+    # all at once (what the official generator does, at gigabytes): the records must be the very same
+    options = dict(CASES["vit_t_a2_amg_pps8_default_nms"]["options"], output_mode="uncompressed_rle")
+    assert UPSCALED_PIXELS_AT_ONCE // (800 * 1200 + 1024 ** 2) < 3 * 64
+    in_chunks = maskml.AutomaticMaskGenerator(mobile_sam, **options).generate(truck_image)
+    monkeypatch.setattr(automatic, "UPSCALED_PIXELS_AT_ONCE", 2 ** 40)
+    all_at_once = maskml.AutomaticMaskGenerator(mobile_sam, **options).generate(truck_image)
+    assert in_chunks and in_chunks == all_at_once

@@ -32,7 +32,11 @@ def test_prompts_on_two_frames_tracked_both_ways(tmp_path, capsys, three_frames,
                "--point", "1:0:105,105", "--box", "2:0:389,13,479,125", "--mask-dir", str(masks),
                "--out", str(out), "--probs", str(probs), "--overlay", str(overlay)])
     assert rc == 0
-    assert "3 frames, objects [1, 2, 3] (both)" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"3 frames, objects [1, 2, 3] (both) -> {out}, {probs}, overlay {overlay} (" in captured.out
+    bars = captured.err.replace("\r", "\n")  # one bar per pass, each counting its own frames
+    assert "sam2.1_hiera_t pass 1/2, forward from frame 0: 100%" in bars and "3/3" in bars
+    assert "sam2.1_hiera_t pass 2/2, backward from frame 2: 100%" in bars and "6/6" not in bars
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png"]
     assert overlay.stat().st_size > 0
     # frame 0 is a conditioning frame of objects 1 and 2: exactly the official prompt outputs there

@@ -13,13 +13,16 @@ from maskml.io.images import atomic_paths
 IMAGE = FIXTURES / "sam" / "truck_1200x800.png"
 
 
-def test_point_prompt_writes_mask_logits_and_overlay(tmp_path, sam_checkpoints, truck_image):
+def test_point_prompt_writes_mask_logits_and_overlay(tmp_path, capsys, sam_checkpoints, truck_image):
     ckpt = sam_checkpoints["mobile_sam"]
     mask_path, logits_path, overlay_path = tmp_path / "m.png", tmp_path / "l.npy", tmp_path / "o.jpg"
     rc = main(["segment", str(IMAGE), "--model", "mobile_sam", "--checkpoint", str(ckpt), "--point", "430,310",
                "--point", "210,620,0", "--multimask", "--out", str(mask_path), "--logits", str(logits_path),
                "--overlay", str(overlay_path)])
     assert rc == 0
+    printed = capsys.readouterr()
+    assert printed.out.strip().endswith(f"-> {mask_path}, {logits_path}, {overlay_path}")
+    assert printed.err == f"loading mobile_sam from {ckpt} ...\n"  # the seconds of loading are no hang
 
     predictor = maskml.ImagePredictor(maskml.load_model("mobile_sam", checkpoint=ckpt))
     predictor.set_image(truck_image)
@@ -42,6 +45,8 @@ def test_point_prompt_writes_mask_logits_and_overlay(tmp_path, sam_checkpoints, 
 @pytest.mark.parametrize("args,message", [
     (["--point", "1300,10"], "outside the 1200x800 image"),
     (["--point", "10,-1"], "outside"),
+    (["--point", "-5,10"], "--point '-5,10' is outside the 1200x800 image"),  # not argparse's "expected one argument"
+    (["--box", "-5,-5,10,10"], "--box '-5,-5,10,10' is outside the 1200x800 image"),
     (["--point", "10,20,7"], "LABEL must be 1"),
     (["--point", "10;20"], "not of the form X,Y"),
     (["--box", "100,100,50,200"], "X0 < X1"),
@@ -59,6 +64,23 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, messag
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and err.startswith("maskml segment: error:")
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_folder_and_text_file_for_image_and_checkpoint(tmp_path, capsys):
+    folder, out = tmp_path / "inputs", tmp_path / "out"  # outputs apart: inside an input they are refused first
+    folder.mkdir()
+    notes = folder / "notes.txt"
+    notes.write_text("my notes, not a checkpoint")
+    for argv, message in [([str(folder), "--point", "1,1"], f"image {folder} is a folder, not a file"),
+                          ([str(IMAGE), "--point", "1,1", "--checkpoint", str(notes)],
+                           f"{notes} is not a checkpoint: a PyTorch checkpoint is a zip archive"),
+                          ([str(IMAGE), "--point", "1,1", "--checkpoint", str(folder)],
+                           f"checkpoint {folder} is a folder, not a file")]:
+        assert main(["segment", *argv, "--out", str(out / "m.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"maskml segment: error: {message}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_missing_or_unreadable_image(tmp_path, capsys):
@@ -82,7 +104,7 @@ def test_failed_write_keeps_earlier_outputs_untouched(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
-def test_everything_writes_coco_rle_json_and_overlay(tmp_path, sam_checkpoints, truck_image):
+def test_everything_writes_coco_rle_json_and_overlay(tmp_path, capsys, sam_checkpoints, truck_image):
     import json
 
     from maskml.io.rle import decode_rle
@@ -92,6 +114,7 @@ def test_everything_writes_coco_rle_json_and_overlay(tmp_path, sam_checkpoints, 
                "--everything", "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
                "--out", str(out), "--overlay", str(overlay)])
     assert rc == 0
+    assert capsys.readouterr().out.strip().endswith(f"masks -> {out}, {overlay}")
     records = json.loads(out.read_text())
     assert records and all(set(r) == {"segmentation", "area", "bbox", "predicted_iou", "point_coords",
                                       "stability_score", "crop_box"} for r in records)

@@ -75,7 +75,7 @@ def test_keys_and_shapes_match_released_files(size):
     assert {k: list(v.shape) for k, v in state.items()} == keys
 
 
-def test_options_delete_and_reset(checkpoints):
+def test_options_remove_and_reset(checkpoints):
     model = maskml.load_model("cutie_small", checkpoint=checkpoints["small"])
     with pytest.raises(MaskmlError, match="unknown tracker option 'mem_evry'"):
         maskml.VideoTracker(model, mem_evry=3)
@@ -101,7 +101,7 @@ def test_options_delete_and_reset(checkpoints):
         out = tracker.step(frame(step["frame_file"]))
     assert out.object_ids == [1, 2] and torch.isfinite(out.probs).all()
     assert any(tracker.memory.long.size(b) for b in tracker.memory.buckets)
-    tracker.delete_objects([1])
+    tracker.remove_objects([1])
     out = tracker.step(frame(spec["steps"][8]["frame_file"]))
     assert out.object_ids == [2] and out.probs.shape == (1, 360, 640)
     assert set(out.labels.unique().tolist()) <= {0, 2}

@@ -204,9 +204,11 @@ def test_cli_prints_table_and_rejects_bad_input(tmp_path, capsys):
     write_sequence(tmp_path / "gt", "s", [square(40, 40, 5, 5, 10) for _ in range(3)])
     write_sequence(tmp_path / "pred", "s", [square(40, 40, 5, 5, 10) for _ in range(3)])
     assert main(["eval", "davis", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
-                 "--out", str(tmp_path / "out")]) == 0
+                 "--out", f"{tmp_path / 'out'}/"]) == 0
     out = capsys.readouterr().out
     assert "| 1.000 | 1.000 |" in out and "| s_1 | 1.000 | 1.000 |" in out
+    folder = tmp_path / "out"
+    assert out.strip().endswith(f"-> {folder / 'global_results.csv'}, {folder / 'per-sequence_results.csv'}")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["global_results.csv", "per-sequence_results.csv"]
     assert (tmp_path / "out" / "global_results.csv").read_text().splitlines()[1] == \
         "1.000,1.000,1.000,0.000,1.000,1.000,0.000"

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ import torch
 import maskml
 from maskml import Pipeline, Prompt
 from maskml.demo import DemoSession
+from maskml.demo.session import HELP
+from maskml.demo.window import opencv_swap_commands
+from maskml.io.draw import TEXT_MARGIN, draw_text, fit_text, text_scale
 from maskml.io.masks import read_mask
 from maskml.io.stream import LiveStream
 from maskml.io.video import open_video
@@ -103,6 +107,20 @@ def test_events_become_prompts_tracked_objects_and_pictures(tmp_path, small_judo
     assert not session.on_key("q")
 
 
+@pytest.mark.parametrize("width, height", [(854, 480), (320, 180)])
+def test_key_help_is_wrapped_to_the_window(width, height):
+    frame = np.zeros((height, width, 3), np.uint8)
+    rows = fit_text([HELP], width, text_scale(frame))
+    assert len(rows) > 1 and rows[-1][0].endswith("q: quit")
+    assert "  ".join(text for text, _ in rows) == HELP  # every key's help, whole and in order
+    assert all(TEXT_MARGIN + drawn_width <= width - TEXT_MARGIN for _, drawn_width in rows)
+    text = draw_text(frame, [HELP], bottom=True).max(axis=2) > 128  # white text on the darkened band
+    columns = np.nonzero(text.any(axis=0))[0]
+    assert TEXT_MARGIN <= columns.min() and columns.max() < width - TEXT_MARGIN
+    line_tops = np.flatnonzero(np.diff(text.any(axis=1).astype(int)) == 1)  # where a run of text rows starts
+    assert len(line_tops) == len(rows)
+
+
 def test_a_tracker_that_takes_clicks_segments_at_once(small_judo):
     tracker = BoxTracker()
     session = DemoSession(Pipeline(tracker), open_video(small_judo))
@@ -123,6 +141,24 @@ def test_live_source_shows_its_drops():
     assert session.index == 1 and int(session.frame[0, 0, 0]) == 3
     assert session.status.endswith("dropped 2")
     stream.close()
+
+
+def test_without_window_support_the_demo_says_how_to_swap_opencv(small_judo):
+    """The headless OpenCV that maskml installs has no windows: the advice swaps it for the desktop build of
+    the same version (installing that beside it would leave two builds sharing one cv2 folder) and back."""
+    opencv = version("opencv-python-headless")
+    swap = f"pip uninstall -y opencv-python-headless && pip install 'opencv-python=={opencv}'"
+    back = f"pip uninstall -y opencv-python && pip install 'opencv-python-headless=={opencv}'"
+    assert opencv_swap_commands() == (swap, back)
+    env = {**os.environ, "DISPLAY": ":99"}  # a display is set, so the window itself is what fails
+    demo = subprocess.run([sys.executable, "-m", "maskml", "demo", str(small_judo), "--prompter", "mobile_sam"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert demo.returncode == 2 and demo.stdout == ""
+    assert demo.stderr.count("\n") == 1 and "no window support" in demo.stderr
+    assert swap in demo.stderr and back in demo.stderr and "--point and --box" in demo.stderr
+    usage = subprocess.run([sys.executable, "-m", "maskml", "demo", "--help"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300).stdout
+    assert f"\n  {swap}\nand back:\n  {back}\n" in usage
 
 
 def xdotool(display: str, *args: str) -> str:

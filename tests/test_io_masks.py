@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -69,6 +70,27 @@ def test_any_palette_gray_and_binary_masks(tmp_path):
         mask = read_mask(tmp_path / name)
         assert mask.dtype == np.uint8, name
         np.testing.assert_array_equal(mask, one, err_msg=name)
+
+
+def test_sixteen_bit_label_maps_keep_their_ids(tmp_path):
+    ids = two_objects()
+    ids[0, :3] = (2, 3, 255)
+    Image.fromarray(ids.astype(np.uint16)).save(tmp_path / "pillow.png")
+    cv2.imwrite(str(tmp_path / "opencv.png"), ids.astype(np.uint16))
+    for name in ("pillow.png", "opencv.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.mode.startswith("I;16"), name
+        mask = read_mask(tmp_path / name)
+        assert mask.dtype == np.uint8, name
+        np.testing.assert_array_equal(mask, ids, err_msg=name)  # values, not scaled as brightness (7 is not 0)
+    cv2.imwrite(str(tmp_path / "binary.png"), (ids > 0).astype(np.uint16) * 65535)  # one value: a binary mask
+    np.testing.assert_array_equal(read_mask(tmp_path / "binary.png"), ids > 0)
+    cv2.imwrite(str(tmp_path / "instances.png"), np.array([[0, 1, 26001]], np.uint16))
+    with pytest.raises(MaskmlError, match=r"instances.png is a grayscale label map with values from 1 to 26001, but "
+                                          r"object ids go from 1 to 255"):
+        read_mask(tmp_path / "instances.png")
+    with pytest.raises(MaskmlError, match="is a folder, not a file"):
+        read_mask(tmp_path)
 
 
 def test_rgb_masks_map_davis_colours_to_ids(tmp_path):

@@ -1,4 +1,4 @@
-"""Frame sources (folders and video files), the MP4 writer and atomic output folders."""
+"""Frame sources (folders and video files) and the video writer."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import READ_BACK_FOURCCS, video_fourcc
 from maskml import MaskmlError
-from maskml.io.video import FrameFolder, VideoFile, VideoWriter, atomic_dir, open_video
+from maskml.io.video import FrameFolder, VideoFile, VideoWriter, open_video
 
 JUDO = Path(__file__).parents[1] / "examples" / "judo"
 
@@ -199,27 +200,36 @@ def test_failed_writer_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_atomic_dir_replaces_only_on_success(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.png").write_text("earlier result")
-    for interruption in (KeyboardInterrupt, RuntimeError):
-        with pytest.raises(interruption):
-            with atomic_dir(out) as tmp:
-                assert tmp.parent == tmp_path and tmp != out and not any(tmp.iterdir())
-                (tmp / "new.png").write_text("half")
-                raise interruption
-        assert [p.name for p in out.iterdir()] == ["old.png"] and [p.name for p in tmp_path.iterdir()] == ["out"]
-    with atomic_dir(out) as tmp:
-        (tmp / "new.png").write_text("done")
-        assert (out / "old.png").exists()  # the earlier results stay until the new ones are complete
-    assert [p.name for p in out.iterdir()] == ["new.png"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_writer_picks_a_browser_playable_codec_and_says_which(tmp_path, capfd, suffix):
+    path = tmp_path / f"out{suffix}"
+    with VideoWriter(path, fps=10, size=(64, 48)) as writer:
+        for i in range(3):
+            writer.write(np.full((48, 64, 3), 60 * i, np.uint8))
+    assert capfd.readouterr().err == ""  # FFmpeg's and OpenCV's chatter while codecs are tried is silenced
+    assert video_fourcc(path) in READ_BACK_FOURCCS[writer.fourcc]
+    # pip's opencv-python-headless encodes VP9 and VP8 (not H.264): never the mp4v fallback there
+    assert writer.browser_playable and writer.codec in {".mp4": ("H.264", "VP9"), ".webm": ("VP8", "VP9")}[suffix]
+    assert len(open_video(path)) == 3
 
-    with atomic_dir(tmp_path / "a" / "b") as tmp:  # parents are made, a new folder appears
-        (tmp / "x").write_text("")
-    assert (tmp_path / "a" / "b" / "x").is_file()
-    (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(MaskmlError, match="exists and is a file"):
-        with atomic_dir(tmp_path / "file"):
-            pass
-    assert (tmp_path / "file").read_text() == "not a folder"
+
+def test_writer_falls_back_to_mp4v_and_says_so(tmp_path):
+    # as on a build with no H.264 or VP9 encoder: "XXXX" opens no writer
+    with VideoWriter(tmp_path / "out.mp4", fps=10, size=(64, 48), codecs=("XXXX", "mp4v")) as writer:
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    assert writer.codec == "MPEG-4 part 2 (mp4v)" and not writer.browser_playable
+    assert video_fourcc(tmp_path / "out.mp4") in READ_BACK_FOURCCS["mp4v"]
+    with pytest.raises(MaskmlError, match=r"written as \.mp4 or \.webm"):
+        VideoWriter(tmp_path / "out.avi", fps=10, size=(64, 48))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_close_keeps_the_frames_so_far(tmp_path):
+    writer = VideoWriter(tmp_path / "out.webm", fps=10, size=(64, 48))
+    for i in range(4):
+        writer.write(np.full((48, 64, 3), 50 * i, np.uint8))
+    assert writer.close(keep=True)
+    assert len(list(open_video(tmp_path / "out.webm"))) == 4
+    empty = VideoWriter(tmp_path / "empty.mp4", fps=10, size=(64, 48))
+    assert not empty.close(keep=True)  # no frames: no file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.webm"]

@@ -55,7 +55,7 @@ def test_resident_memory_stays_flat(tmp_path, sam_checkpoints):
     rss, heap = [], []
     try:
         with ResultWriter(tmp_path / "out", tmp_path / "probs", tmp_path / "overlay.mp4", object_ids=[1, 2],
-                          size=source.size, fps=source.fps, source=source, total=len(source)) as results:
+                          size=source.size, fps=source.fps, source=source) as results:
             for index, name, frame in source:
                 prompts = [maskml.Prompt(1, points=[(30, 48)])] if index == 0 else \
                     [maskml.Prompt(2, box=(0, 0, 40, 30))] if index == 100 else []  # an object added late

@@ -63,7 +63,13 @@ def test_add_correct_and_remove_objects(frames, prompter, cutie_small_checkpoint
     reference.step(frames[2], expected2)
     torch.testing.assert_close(out3.probs, reference.step(frames[3]).probs, rtol=0, atol=0)
 
-    pipe.remove([1])
+    with pytest.raises(MaskmlError, match=r"cannot remove objects \[7\]: they are not tracked \(objects: \[1, 2\]\)"):
+        pipe.remove_objects([1, 7])  # checked first: object 1 stays
+    with pytest.raises(MaskmlError, match=r"an iterable of object ids, e.g. remove_objects\(\[2\]\)"):
+        tracker.remove_objects(2)
+    assert tracker.objects == [1, 2]
+    pipe.remove_objects([1])
+    assert tracker.objects == [2]
     out4 = pipe.step(frames[4])
     assert out4.object_ids == [2] and pipe.object_ids == [2] and set(out4.labels.unique().tolist()) <= {0, 2}
     pipe.reset()
@@ -107,7 +113,7 @@ class BoxTracker:
         self.boxes: dict[int, tuple] = {}
         self.steps = 0
 
-    def delete_objects(self, ids) -> None:
+    def remove_objects(self, ids) -> None:
         for i in ids:
             self.boxes.pop(i, None)
 
@@ -130,7 +136,7 @@ def test_tracker_that_takes_prompts_gets_them_unchanged(frames):
     out = pipe.step(frames[0], [Prompt(2, box=(10, 20, 30, 40))])
     assert out.object_ids == [2] and int((out.labels == 2).sum()) == 20 * 20
     assert pipe.step(frames[1]).object_ids == [2] and tracker.steps == 2
-    pipe.remove([2])
+    pipe.remove_objects([2])
     assert pipe.step(frames[2]).object_ids == [] and pipe.object_ids == []
     with pytest.raises(MaskmlError, match="no prompter"):
         pipe.segment(frames[0], [Prompt(1, points=[(1, 1)])])
@@ -154,3 +160,55 @@ def test_prompt_records_are_checked():
         Prompt(1, box=(0, 0, 65, 48)).check_inside((48, 64))
     with pytest.raises(MaskmlError, match=r"point \(-1, 3\)"):
         Prompt(1, points=[(-1, 3)]).check_inside((48, 64))
+
+
+def test_tracker_input_errors_say_what_and_how_to_fix(frames, cutie_small_checkpoint):
+    model = maskml.load_model("cutie_small", checkpoint=cutie_small_checkpoint)
+    tracker = maskml.VideoTracker(model, max_objects=2)
+    three = np.zeros((96, 160), np.uint8)
+    three[10:30, 10:30], three[40:60, 40:60], three[70:90, 100:140] = 1, 2, 3
+    with pytest.raises(MaskmlError, match=r"the mask holds 3 object ids: more than the limit of 2 objects; 3 objects "
+                                          r"would take about .* GB of memory with cutie_small on 160x96 frames "
+                                          r".*give VideoTracker\(model, max_objects=3\)"):
+        tracker.step(frames[0], three)
+    assert tracker.curr_ti == -1  # refused before any work
+
+    probability = np.zeros((96, 160), np.float32)  # one object's probabilities: no longer "contains no object"
+    probability[20:60, 30:90] = 0.8
+    probability[70:80, 10:20] = 0.3
+    out = tracker.step(frames[0], probability)
+    assert out.object_ids == [1]
+    torch.testing.assert_close(out.labels, torch.from_numpy(probability >= 0.5).long(), rtol=0, atol=0)
+    whole = three.astype(np.float64)  # whole numbers in a float array are ids
+    whole[three == 3] = 0
+    assert tracker.step(frames[1], whole).object_ids == [1, 2]
+    with pytest.raises(MaskmlError, match=r"the mask holds fractional values from 0 to 2.5: give object ids"):
+        tracker.step(frames[2], probability * 3.125)
+    with pytest.raises(MaskmlError, match="the mask holds -1: object ids are positive integers"):
+        tracker.step(frames[2], -(three > 0).astype(np.int64))
+    with pytest.raises(MaskmlError, match=r"the mask is 80x48 but the frame is 160x96"):
+        tracker.step(frames[2], three[::2, ::2])
+    with pytest.raises(MaskmlError, match=r"the frame is 80x48, but this video's frames are 160x96: give every frame "
+                                          r"of a video at one size, or call reset\(\) to start another video"):
+        tracker.step(frames[2][::2, ::2])  # was a RuntimeError about tensor sizes deep in the memory readout
+    assert tracker.step(frames[2]).object_ids == [1, 2]  # nothing was changed by the refused calls
+    tracker.reset()
+    assert tracker.step(frames[3][::2, ::2], three[::2, ::2] > 0).object_ids == [1]
+    with pytest.raises(MaskmlError, match="max_objects must be a positive integer, got 0"):
+        maskml.VideoTracker(model, max_objects=0)
+
+    pipe = Pipeline(maskml.VideoTracker(model))
+    assert pipe.step(frames[0], mask=probability).object_ids == [1]  # the pipeline passes masks on as they are
+    with pytest.raises(MaskmlError, match=r"object 1: point labels must be 1 \(object\) or 0 \(background\), got "
+                                          r"\['fg'\]"):
+        Prompt(1, points=[(10, 10)], labels=["fg"])
+    with pytest.raises(MaskmlError, match=r"object 1: points must have shape N x 2, got \(1, 3\)"):
+        Prompt(1, points=[(10, 10, 1)])
+    with pytest.raises(MaskmlError, match=r"object 2: box must be numbers"):
+        Prompt(2, box="0,0,5,5")
+    assert Prompt(1, points=((x, 5) for x in (1, 2))).points == ((1.0, 5.0), (2.0, 5.0))
+    with pytest.raises(MaskmlError, match=r"prompts are a list of maskml.Prompt, e.g. \[Prompt\(1, points=\[\(320, "
+                                          r"200\)\]\)\], got Prompt"):
+        pipe.step(frames[1], Prompt(1, points=[(10, 10)]))
+    with pytest.raises(MaskmlError, match=r"prompts are maskml.Prompt records, .* got '1,1'"):
+        pipe.step(frames[1], ["1,1"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from maskml import MaskmlError
-from maskml.io.rle import compress_rle, decode_rle, encode_rle, rle_area
+from maskml.io.rle import compress_rle, decode_rle, encode_rle, encode_rle_compact, rle_area
 
 
 def from_counts(counts, h, w):
@@ -84,6 +84,16 @@ def test_batches_and_round_trips():
         assert torch.equal(decode_rle(compressed), mask)
         assert rle_area(rle) == rle_area(compressed) == int(mask.sum())
         assert sum(rle["counts"]) == 23 * 31 and all(c > 0 for c in rle["counts"][1:])
+
+
+def test_compact_counts_are_the_same_rle():
+    masks = torch.rand(4, 7, 5, generator=torch.Generator().manual_seed(0)) > 0.5
+    masks[0, 0, 0], masks[1, 0, 0] = True, False  # one starting with a foreground pixel, one without
+    for compact, plain, mask in zip(encode_rle_compact(masks), encode_rle(masks), masks):
+        assert compact["counts"].dtype == torch.int32 and compact["counts"].tolist() == plain["counts"]
+        assert torch.equal(decode_rle(compact), mask) and rle_area(compact) == int(mask.sum())
+        assert compress_rle(compact) == compress_rle(plain)
+    assert encode_rle_compact(torch.zeros(2, 0, 3, dtype=torch.bool))[0]["counts"].tolist() == [0]
 
 
 def test_bad_input():

@@ -62,8 +62,14 @@ def session():
     (lambda s: s.add_points(0, 1, [[10, 10]], [2]), "labels must be 1"),
     (lambda s: s.add_points(0, 1), "give points"),
     (lambda s: s.add_mask(0, 1, np.zeros((40, 60), bool)), "is empty"),
+    (lambda s: s.add_mask(0, 1, np.full((40, 60), 0.3)), r"is empty \(no value of 0.5 or more\)"),
+    (lambda s: s.add_mask(0, 1, np.full((40, 60), 2.5)), "probabilities from 0 to 1, got values from 2.5 to 2.5"),
+    (lambda s: s.add_mask(0, 1, [["a"]]), "must be an H x W array of numbers"),
+    (lambda s: s.add_points(0, 1, [[10, 10]], ["fg"]),
+     r"labels must be 1 \(object\) or 0 \(background\), got \['fg'\]"),
+    (lambda s: s.remove_objects(7), r"an iterable of object ids, e.g. remove_objects\(\[2\]\), got 7"),
     (lambda s: list(s.propagate()), "no object has a prompt"),
-    (lambda s: s.remove_object(7), "object 7 does not exist"),
+    (lambda s: s.remove_objects([7]), r"cannot remove objects \[7\]: they are not tracked \(objects: none\)"),
 ])
 def test_bad_prompts_get_one_clear_error(session, call, match):
     with pytest.raises(maskml.MaskmlError, match=match):
@@ -87,3 +93,32 @@ def test_outputs_far_from_the_current_and_the_conditioning_frames_are_dropped(se
     session._forget_far_outputs(track, 999)
     kept = sorted(track.non_cond)
     assert kept == [t for t in range(27) if t != 10] + [t for t in range(484, 517) if t != 500] + list(range(983, 1000))
+
+
+def test_session_video_of_another_kind_is_one_clear_error():
+    with pytest.raises(maskml.MaskmlError, match=r"video must be a video file or frame folder \(a path\), frames "
+                                                 r"\(T, H, W, 3\) uint8 RGB, or a frame source .*, got int"):
+        VideoSession(maskml.build_model("sam2.1_hiera_t"), 5)
+
+
+def test_sam2_tracker_checks_frames_and_object_counts_before_any_work():
+    tracker = maskml.Sam2Tracker(maskml.build_model("sam2.1_hiera_t"), max_objects=2)
+    frame = np.zeros((40, 60, 3), np.uint8)
+    three = np.zeros((40, 60), np.uint8)
+    three[:5, :5], three[10:15, :5], three[20:25, :5] = 1, 2, 3
+    with pytest.raises(maskml.MaskmlError, match=r"the mask holds 3 object ids: more than the limit of 2 objects; "
+                                                 r"3 objects would take about .* GB of memory with sam2.1_hiera_t on "
+                                                 r"60x40 frames .*give Sam2Tracker\(model, max_objects=3\)"):
+        tracker.step(frame, three)
+    assert tracker.step(frame).object_ids == []  # no object yet: nothing to compute
+    with pytest.raises(maskml.MaskmlError, match=r"the frame is 30x20, but this video's frames are 60x40: give every "
+                                                 r"frame of a video at one size, or call reset\(\)"):
+        tracker.step(frame[::2, ::2])
+    with pytest.raises(maskml.MaskmlError, match=r"a frame must be an H x W x 3 uint8 RGB array, got \(40, 60\)"):
+        tracker.step(frame[..., 0])
+    tracker.reset()
+    assert tracker.step(frame[::2, ::2]).labels.shape == (20, 30)  # a new video may have another size
+    with pytest.raises(maskml.MaskmlError, match=r"cannot remove objects \[1\]: they are not tracked"):
+        tracker.remove_objects([1])
+    with pytest.raises(maskml.MaskmlError, match="max_objects must be a positive integer, got 0"):
+        maskml.Sam2Tracker(tracker.model, max_objects=0)

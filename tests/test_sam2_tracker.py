@@ -26,7 +26,7 @@ def test_sam2_takes_clicks_and_boxes_in_a_pipeline(sam2_checkpoint):
     out = pipe.step(video.frame(1))
     assert out.object_ids == [1, 2] and out.probs.shape == (2, 270, 480)
     assert ((out.labels == 1) | (out.labels == 2)).any()
-    pipe.remove([2])
+    pipe.remove_objects([2])
     out = pipe.step(video.frame(2))
     assert out.object_ids == [1] and set(out.labels.unique().tolist()) <= {0, 1}
     pipe.reset()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import pickle
 import threading
 
 import pytest
@@ -42,13 +43,32 @@ def test_unknown_model_suggests_close_names():
         load_model("mobilesam")
 
 
-def test_missing_and_corrupt_checkpoint_files(tmp_path):
+def test_missing_and_corrupt_checkpoint_files(tmp_path, capsys):
     with pytest.raises(MaskmlError, match="does not exist"):
         load_model("sam_vit_b", checkpoint=tmp_path / "nope.pth")
+    with pytest.raises(MaskmlError, match=r"is a folder, not a file: give the checkpoint file itself"):
+        load_model("sam_vit_b", checkpoint=tmp_path)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(MaskmlError, match="cannot read checkpoint"):
+    with pytest.raises(MaskmlError, match=r"junk.pth is not a checkpoint: a PyTorch checkpoint is a zip archive"):
         load_model("sam_vit_b", checkpoint=junk)
+    (tmp_path / "notes.txt").write_bytes(b"\x80\x02 starts like a pickle")  # torch advised weights_only=False
+    (tmp_path / "objects.pt").write_bytes(pickle.dumps({"model": object}, protocol=2))
+    (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 and then nothing of a zip archive")
+    for name, match in [("notes.txt", "cannot read checkpoint"), ("objects.pt", "as tensors only"),
+                        ("broken.pt", "failed reading zip archive.*damaged")]:
+        with pytest.raises(MaskmlError, match=match) as info:
+            load_model("sam_vit_b", checkpoint=tmp_path / name)
+        message = str(info.value)
+        assert "\n" not in message and "weights_only" not in message and "sam_vit_b_01ec64.pth" in message, message
+    assert capsys.readouterr().err.count("loading sam_vit_b from") == 3  # only files that may be checkpoints
+
+
+def test_loading_says_what_it_loads_unless_silenced(sam_checkpoints, capsys):
+    load_model("mobile_sam", checkpoint=sam_checkpoints["mobile_sam"])
+    assert capsys.readouterr().err == f"loading mobile_sam from {sam_checkpoints['mobile_sam']} ...\n"
+    load_model("mobile_sam", checkpoint=sam_checkpoints["mobile_sam"], progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_wrong_checkpoint_gives_one_readable_message(sam_checkpoints):
@@ -59,6 +79,17 @@ def test_wrong_checkpoint_gives_one_readable_message(sam_checkpoints):
     assert "missing keys" in message and "unexpected keys" in message
     assert "looks like a checkpoint for sam_vit_b" in message
     assert "\n" not in message
+
+
+def test_checkpoint_of_another_layout_names_its_model(sam_checkpoints, sam2_checkpoint):
+    with pytest.raises(MaskmlError, match=r"does not hold a state dict of tensors .*looks like a checkpoint for "
+                                          r"sam2.1_hiera_t\.$"):
+        load_model("mobile_sam", checkpoint=sam2_checkpoint)
+    with pytest.raises(MaskmlError, match=r"has no 'model' entry holding tensors.*looks like a checkpoint for "
+                                          r"mobile_sam\.$"):
+        load_model("sam2.1_hiera_s", checkpoint=sam_checkpoints["mobile_sam"])
+    with pytest.raises(MaskmlError, match=r"does not fit sam2.1_hiera_s: .*looks like a checkpoint for sam2.1_hiera_t"):
+        load_model("sam2.1_hiera_s", checkpoint=sam2_checkpoint)
 
 
 def test_cache_folder_is_used_without_checkpoint(tmp_path, monkeypatch, sam_checkpoints):
@@ -81,6 +112,7 @@ def test_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch):
     message = str(info.value)
     assert "could not download sam_vit_b_01ec64.pth" in message
     assert str(tmp_path / "sam_vit_b_01ec64.pth") in message
+    assert "--checkpoint PATH" in message and "checkpoint=PATH" in message and "CHECKPOINT=PATH" in message
     assert list(tmp_path.iterdir()) == []
 
 

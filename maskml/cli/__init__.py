@@ -2,21 +2,33 @@
 
 Each module defines `register(subparsers)`, which adds its parser and sets
 `func=run`. Errors the user can fix (MaskmlError) print one line and exit 2;
-Ctrl-C exits 130 without a traceback.
+Ctrl-C exits 130 without a traceback, saying what was kept.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from maskml.errors import MaskmlError
 
-COMMANDS = ("segment", "track", "demo", "eval", "export")
+COMMANDS = ("segment", "track", "demo", "eval", "models", "export")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a value that starts with a minus and a digit is a value, not an unknown option: a
+    click left of or above the image (--point -5,10) is then reported as outside it. (argparse itself
+    takes only plain negative numbers such as -5 for values; no maskml option name starts with a digit.)
+    Sub-command parsers are of this class too (add_subparsers makes them of the parser's class)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskml", description="Promptable image and video object segmentation.")
+    parser = Parser(prog="maskml", description="Promptable image and video object segmentation.")
     parser.add_argument("--version", action="version", version=f"maskml {importlib.import_module('maskml').__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
@@ -38,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except MaskmlError as exc:
         print(f"maskml {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"maskml {args.command}: interrupted; no partial output was kept", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # a command may say how far it got and what it kept; every file maskml writes appears whole or not at all
+        detail = f" {exc}" if str(exc) else "; no file was left half-written"
+        print(f"maskml {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
     return 0
 

@@ -18,12 +18,13 @@ def register(subparsers) -> None:
 
 def run(args) -> None:
     from maskml.eval.davis import evaluate_davis, format_table, write_csv
+    from maskml.io.outputs import check_outputs
 
+    check_outputs({"--pred": args.pred, "--gt": args.gt}, folders={"--out": args.out})
     start = time.perf_counter()
     results = evaluate_davis(args.pred, args.gt)
     print(format_table(results))
     print(f"\n{len(results.sequences)} sequences, {len(results.objects)} objects, "
           f"{time.perf_counter() - start:.1f} s")
     if args.out:
-        write_csv(results, args.out)
-        print(f"-> {args.out}/global_results.csv, {args.out}/per-sequence_results.csv")
+        print(f"-> {', '.join(str(path) for path in write_csv(results, args.out))}")

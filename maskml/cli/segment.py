@@ -10,6 +10,7 @@ import numpy as np
 from maskml.cli.backend import add_backend_arguments, backend_options
 from maskml.errors import MaskmlError
 from maskml.io.images import atomic_paths, image_format, read_image, save_image
+from maskml.io.outputs import check_outputs
 
 EPILOG = """examples:
   maskml segment truck.jpg --model mobile_sam --point 500,375 --out mask.png --overlay overlay.jpg
@@ -102,7 +103,9 @@ def run(args) -> None:
     import maskml
     from maskml.io.draw import draw_masks, draw_prompts
 
-    image = read_image(args.image)
+    image = read_image(args.image)  # first: a wrong input is the message to give, not what it implies for outputs
+    check_outputs({"IMAGE": args.image, "--checkpoint": args.checkpoint},
+                  files={"--out": args.out, "--logits": args.logits, "--overlay": args.overlay})
     height, width = image.shape[:2]
     points, labels, box = check_arguments(args, height, width)
     model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device, **backend_options(args))
@@ -121,7 +124,7 @@ def run(args) -> None:
                 for i, record in enumerate(sorted(records, key=lambda r: -r["area"])):  # small masks on top
                     ids[decode_rle(record["segmentation"]).numpy()] = i + 1
                 save_image(temps[1], draw_masks(image, ids), image_format(args.overlay))
-        print(f"{len(records)} masks -> {args.out}")
+        print(f"{len(records)} masks -> {', '.join(map(str, outputs))}")
         return
 
     predictor = maskml.ImagePredictor(model)
@@ -140,4 +143,4 @@ def run(args) -> None:
             picture = draw_prompts(draw_masks(image, mask.astype(np.int64)), points, labels, box)
             save_image(next(rest), picture, image_format(args.overlay))
     score = float(out.scores[best])
-    print(f"mask {best if args.multimask else 0} (predicted IoU {score:.3f}, {int(mask.sum())} pixels) -> {args.out}")
+    print(f"mask {best if args.multimask else 0} (predicted IoU {score:.3f}, {int(mask.sum())} pixels) -> {', '.join(map(str, outputs))}")

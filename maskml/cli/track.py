@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from maskml.errors import MaskmlError
+from maskml.predict.checks import DEFAULT_MAX_OBJECTS
 
 EPILOG = """examples:
   maskml track video.mp4 --model cutie_small --mask-dir first_masks/ --out masks/ --overlay tracked.mp4
@@ -35,6 +38,13 @@ file or folder it tracks as the official video predictor: --direction both (the 
 forward from the earliest prompted frame, then backward from the latest one, so frames before the
 first prompt are filled too; a frame computed twice keeps its later result; frames no pass reaches
 are written empty. Its --option names: keep_window, add_all_frames_to_correct_as_cond, cached_frames.
+
+Each frame's results are written as soon as it is done (whole: under a temporary name, then
+renamed) into --out and --probs, which may hold other files: maskml replaces only files named
+after frames of this video, and deletes nothing. Ctrl-C keeps the frames done and finishes the
+--overlay with them, so it plays; --atomic gives all or nothing instead. The overlay is written
+in a format browsers play where OpenCV can encode one: .mp4 as H.264, else VP9 (slow to encode:
+a few frames/s at 854x480), .webm as VP8 (several times faster); the last line names the codec.
 
 A VIDEO that is no file or folder here but a URL (rtsp://, http://...) is read as a live stream,
 as --camera is: frames that come while the model is busy are dropped (the count is shown), FRAME
@@ -87,7 +97,11 @@ def register(subparsers) -> None:
                         "from the latest, or both (default)")
     p.add_argument("--out", required=True, help="output folder: one indexed PNG per frame")
     p.add_argument("--probs", help="output folder: per frame float16 .npy (objects, H, W) of probabilities")
-    p.add_argument("--overlay", help="output MP4 with the masks drawn over the frames")
+    p.add_argument("--overlay", help="output video with the masks drawn over the frames: .mp4 (H.264, or VP9 "
+                                     "where OpenCV has no H.264 encoder) or .webm (VP8, faster to encode)")
+    p.add_argument("--atomic", action="store_true",
+                   help="all or nothing: the results move into --out/--probs only when every frame is done (by "
+                        "default each frame's files appear as it is done, so an interrupted run keeps them)")
     p.set_defaults(func=run)
 
 
@@ -100,6 +114,9 @@ def add_source_arguments(p) -> None:
     p.add_argument("--checkpoint", help="checkpoint file (default: the official file from the cache)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="engine option by its official name, e.g. mem_every=3 (repeatable)")
+    p.add_argument("--max-objects", type=int, default=DEFAULT_MAX_OBJECTS, metavar="N",
+                   help=f"track at most N objects (default {DEFAULT_MAX_OBJECTS}): each one takes memory, and a mask "
+                        f"with hundreds of ids is more often a wrong file than a wish")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
 
@@ -118,9 +135,14 @@ def load_tracker(args, options: dict):
     """The --model tracker: VideoTracker (Cutie) or Sam2Tracker, with its --option values."""
     import maskml
 
+    from maskml.predict.cutie.tracker import resolve_options as cutie_options
+    from maskml.predict.sam2.session import resolve_options as sam2_options
+
     family = tracker_family(args.model)
+    (cutie_options if family == "cutie" else sam2_options)(options)  # a wrong --option fails before the model loads
     model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
-    return maskml.VideoTracker(model, **options) if family == "cutie" else maskml.Sam2Tracker(model, **options)
+    tracker = maskml.VideoTracker if family == "cutie" else maskml.Sam2Tracker
+    return tracker(model, max_objects=args.max_objects, **options)
 
 
 def add_prompter_arguments(p, required: bool = False) -> None:
@@ -129,8 +151,17 @@ def add_prompter_arguments(p, required: bool = False) -> None:
     p.add_argument("--prompter-checkpoint", help="the prompter's checkpoint file (default: the official file)")
 
 
-def load_prompt_masks(mask_dir: Path, source, frame_size: tuple[int, int]) -> dict[int, np.ndarray]:
-    """{frame index: H x W object ids} from --mask-dir, checked against the video's frames."""
+def check_object_limit(count: int, what: str, args, frame_size: tuple[int, int]) -> None:
+    """More than --max-objects objects is an error that says what they would cost."""
+    from maskml.predict.checks import check_object_count
+
+    if args.max_objects < 1:
+        raise MaskmlError(f"--max-objects {args.max_objects}: give a positive number of objects")
+    check_object_count(count, args.max_objects, what, f"give --max-objects {count}", args.model, frame_size)
+
+
+def load_prompt_masks(mask_dir: Path, source, frame_size: tuple[int, int], args) -> dict[int, np.ndarray]:
+    """{frame index: H x W object ids} from --mask-dir, checked against the video's frames and --max-objects."""
     from maskml.io.masks import read_mask
 
     if not mask_dir.is_dir():
@@ -150,6 +181,9 @@ def load_prompt_masks(mask_dir: Path, source, frame_size: tuple[int, int]) -> di
                               f"{frame_size[1]}x{frame_size[0]}")
         if not ids.any():
             raise MaskmlError(f"mask {path} contains no object (all background)")
+        present = np.unique(ids[ids > 0])
+        what = f"mask {path} holds {len(present)} object ids ({present[0]} to {present[-1]})"
+        check_object_limit(len(present), what, args, frame_size)
         masks[index_of[path.stem]] = ids
     return masks
 
@@ -223,20 +257,80 @@ def gather_objects(args, source) -> tuple[dict, dict, set[int]]:
     if args.mask_dir and live:
         raise MaskmlError("--mask-dir needs a video file or a frame folder (a live stream's frames are not "
                           "known in advance): give the objects with --point/--box")
-    masks = load_prompt_masks(Path(args.mask_dir), source, source.size) if args.mask_dir else {}
+    masks = load_prompt_masks(Path(args.mask_dir), source, source.size, args) if args.mask_dir else {}
     mask_objects = {i: {int(v) for v in np.unique(ids) if v != 0} for i, ids in masks.items()}
     prompts = parse_prompts(args.point, args.box, source.size, None if live else len(source), mask_objects)
     all_ids = set().union(*mask_objects.values(), *({p.object_id for p in ps} for ps in prompts.values()))
+    check_object_limit(len(all_ids), f"the masks and prompts give {len(all_ids)} objects", args, source.size)
     return masks, prompts, all_ids
+
+
+def source_inputs(args) -> dict:
+    """What a tracking command reads, by flag, for check_outputs (shared with `maskml demo`)."""
+    return {"VIDEO": args.video, "--checkpoint": args.checkpoint, "--prompter-checkpoint": args.prompter_checkpoint}
+
+
+def describe_frames(written: dict[int, str]) -> str:
+    """{index: name} -> "frames 00000..00036", or "37 frames from 00003 to 00050" when some are missing."""
+    indices = sorted(written)
+    first, last = written[indices[0]], written[indices[-1]]
+    if len(indices) == 1:
+        return f"frame {first}"
+    if indices[-1] - indices[0] + 1 == len(indices):
+        return f"frames {first}..{last}"
+    return f"{len(indices)} frames from {first} to {last}"
+
+
+def stopped_report(args, results, total: int | None) -> str:
+    """How far a run that stopped early got, what it kept and how to go on."""
+    done = f"after {len(results.written)}{f' of {total}' if total is not None else ''} frames"
+    if args.atomic:
+        return f"{done}; with --atomic nothing was kept: run the same command again"
+    if not results.written:
+        return f"{done}; nothing was written"
+    folders = " and ".join(str(p) for p in (args.out, args.probs) if p)
+    overlay = f", and {args.overlay} shows them" if results.overlay_kept else ""
+    return (f"{done}: the results of {describe_frames(results.written)} are in {folders}{overlay}; run the same "
+            f"command again to track the whole video (it replaces those files)")
+
+
+@contextmanager
+def result_writer(args, source, all_ids: set[int], total: int | None):
+    """ResultWriter for the command's outputs; a run stopped by Ctrl-C or an error says how far it got."""
+    from maskml.io.results import ResultWriter
+
+    results = ResultWriter(args.out, args.probs, args.overlay, object_ids=all_ids, size=source.size,
+                           fps=source.fps, source=source if total is not None else None, atomic=args.atomic)
+    try:
+        with results:
+            yield results
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(stopped_report(args, results, total)) from None
+    except MaskmlError as exc:
+        if not results.written:
+            raise
+        raise MaskmlError(f"{exc} (stopped {stopped_report(args, results, total)})") from None
+    if args.overlay and not results.browser_playable:
+        print(f"note: this OpenCV has no H.264 or VP9 encoder for .mp4, so {args.overlay} is {results.codec}, which "
+              f"browsers do not play (VLC and ffplay do); try --overlay NAME.webm", file=sys.stderr)
+
+
+def outputs_line(args, results) -> str:
+    """" -> masks/, probs/, overlay tracked.mp4 (VP9)": where the results went."""
+    overlay = f", overlay {args.overlay} ({results.codec})" if results.overlay_kept else ""
+    return f" -> {', '.join(str(p) for p in (args.out, args.probs) if p)}{overlay}"
 
 
 def run(args) -> None:
     import maskml
-    from maskml.io.results import ResultWriter, check_outputs
+    from maskml.io.outputs import check_outputs
+    from maskml.io.results import check_overlay_suffix
     from maskml.io.stream import LiveStream, open_source
 
+    check_overlay_suffix(args.overlay)
+    check_outputs({**source_inputs(args), "--mask-dir": args.mask_dir},
+                  folders={"--out": args.out, "--probs": args.probs}, files={"--overlay": args.overlay})
     options = parse_options(args.option)
-    check_outputs(args.out, args.probs, args.overlay)
     sam2 = tracker_family(args.model) == "sam2"
     if args.direction and not sam2:
         raise MaskmlError(f"--direction is for SAM 2 models; {args.model} tracks forward, frame by frame")
@@ -259,16 +353,16 @@ def run(args) -> None:
         prompter = maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint,
                                      device=args.device) if args.prompter else None
         pipeline = maskml.Pipeline(tracker, prompter)
-        with ResultWriter(args.out, args.probs, args.overlay, object_ids=all_ids, size=source.size, fps=source.fps,
-                          source=None if live else source, total=None if live else len(source),
-                          desc=f"tracking with {args.model}") as results:
+        with result_writer(args, source, all_ids, None if live else len(source)) as results, \
+                tqdm(total=None if live else len(source), unit="frame", desc=f"tracking with {args.model}") as bar:
             try:
                 for index, name, frame in source:
                     result = pipeline.step(frame, prompts.pop(index, ()), masks.pop(index, None))
                     results.write(index, name, frame, result)
                     count += 1
+                    bar.update(1)
                     if live:
-                        results.bar.set_postfix(dropped=source.dropped, refresh=False)
+                        bar.set_postfix(dropped=source.dropped, refresh=False)
             except KeyboardInterrupt:
                 if not live:
                     raise
@@ -277,7 +371,7 @@ def run(args) -> None:
         if live:
             source.close()
     dropped = f", {source.dropped} dropped" if live else ""
-    print(f"{count} frames{dropped}, objects {sorted(all_ids)} -> {args.out}")
+    print(f"{count} frames{dropped}, objects {sorted(all_ids)}{outputs_line(args, results)}")
     unreached = sorted(set(prompts) | set(masks))
     if unreached:
         what = source.description if live else f"video {args.video}"
@@ -287,13 +381,11 @@ def run(args) -> None:
 
 
 def track_with_session(args, options: dict, source, masks: dict, prompts: dict, all_ids: set[int]) -> None:
-    """SAM 2 on a video file or folder: every prompt added first, then the propagation passes."""
-    import itertools
-
+    """SAM 2 on a video file or folder: every prompt added first, then the propagation passes, each
+    with its own progress bar."""
     import torch
 
     import maskml
-    from maskml.io.results import ResultWriter
     from maskml.predict.pipeline import prompt_masks
     from maskml.predict.sam2.session import resolve_options
     from maskml.predict.sam2.tracker import to_tracker_output
@@ -319,24 +411,24 @@ def track_with_session(args, options: dict, source, masks: dict, prompts: dict, 
                 session.add_mask(frame, obj, ids == obj)
     prompted = sorted(set(prompts) | set(masks))
     direction = args.direction or "both"
-    passes, total = [], 0
+    passes = []  # (what the bar says, the pass's steps, its frame count)
     if direction in ("forward", "both"):
-        passes.append(session.propagate(start=prompted[0]))
-        total += len(source) - prompted[0]
+        passes.append((f"forward from frame {prompted[0]}", session.propagate(start=prompted[0]),
+                       len(source) - prompted[0]))
     if direction in ("backward", "both"):
-        passes.append(session.propagate(start=prompted[-1], reverse=True))
-        total += prompted[-1] + 1
+        passes.append((f"backward from frame {prompted[-1]}", session.propagate(start=prompted[-1], reverse=True),
+                       prompted[-1] + 1))
     h, w = source.size
     empty = maskml.TrackerOutput(torch.zeros(0, h, w), [], torch.zeros(h, w, dtype=torch.int64))
-    written: set[int] = set()
-    with ResultWriter(args.out, args.probs, args.overlay, object_ids=all_ids, size=source.size, fps=source.fps,
-                      source=source, total=total, desc=f"tracking with {args.model} ({direction})") as results:
-        for step in itertools.chain(*passes):
-            index = step.frame_idx
-            results.write(index, source.names[index], source.frame(index),
-                          to_tracker_output(step.obj_ids, step.logits))
-            written.add(index)
+    with result_writer(args, source, all_ids, len(source)) as results:
+        for number, (what, steps, count) in enumerate(passes, 1):
+            with tqdm(total=count, unit="frame", desc=f"{args.model} pass {number}/{len(passes)}, {what}") as bar:
+                for step in steps:
+                    index = step.frame_idx
+                    results.write(index, source.names[index], source.frame(index),
+                                  to_tracker_output(step.obj_ids, step.logits))
+                    bar.update(1)
         for index in range(len(source)):  # frames no pass reached (before the first prompt, going forward only)
-            if index not in written:
+            if index not in results.written:
                 results.write(index, source.names[index], source.frame(index), empty)
-    print(f"{len(source)} frames, objects {sorted(all_ids)} ({direction}) -> {args.out}")
+    print(f"{len(source)} frames, objects {sorted(all_ids)} ({direction}){outputs_line(args, results)}")

@@ -183,7 +183,7 @@ class DemoSession:
     def _clear(self, obj: int) -> None:
         self.pending.pop(obj, None)
         if obj in self.pipeline.object_ids:
-            self.pipeline.remove([obj])
+            self.pipeline.remove_objects([obj])
         self.tracked = torch.where(self.tracked == obj, 0, self.tracked)
         self.labels = torch.where(self.labels == obj, 0, self.labels)
         self.message = f"object {obj} cleared"

@@ -1,12 +1,14 @@
 """The demo's OpenCV window: mouse and keys go to a DemoSession, its pictures come back on screen.
 
 It needs OpenCV built with window support (the opencv-python package, not opencv-python-headless)
-and a display (a desktop session, or a virtual one such as Xvfb).
+and a display (a desktop session, or a virtual one such as Xvfb). The two builds must not be installed
+side by side: both own the cv2 folder, so uninstalling either later removes cv2 for both.
 """
 from __future__ import annotations
 
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 import cv2
 
@@ -16,6 +18,29 @@ from maskml.errors import MaskmlError
 TITLE = "maskml demo"
 MOUSE_EVENTS = {cv2.EVENT_LBUTTONDOWN: "left_down", cv2.EVENT_LBUTTONUP: "left_up",
                 cv2.EVENT_RBUTTONDOWN: "right_down", cv2.EVENT_MOUSEMOVE: "move"}
+
+
+def opencv_swap_commands() -> tuple[str, str]:
+    """pip commands that replace the installed headless OpenCV by the desktop build of the same version,
+    and back."""
+    for headless in ("opencv-python-headless", "opencv-contrib-python-headless"):
+        try:
+            pinned = f"=={version(headless)}"
+            break
+        except PackageNotFoundError:
+            continue
+    else:  # OpenCV not installed by pip (a system or conda build): match the version cv2 reports
+        headless, pinned = "opencv-python-headless", f"=={cv2.__version__}.*"
+    desktop = headless.removesuffix("-headless")
+    return (f"pip uninstall -y {headless} && pip install '{desktop}{pinned}'",
+            f"pip uninstall -y {desktop} && pip install '{headless}{pinned}'")
+
+
+def desktop_opencv_advice() -> str:
+    swap, back = opencv_swap_commands()
+    return (f"replace the headless OpenCV by its desktop build (never both: they share the cv2 folder): {swap} "
+            f"(back: {back}); without a window, maskml segment and maskml track take clicks and boxes as "
+            f"--point and --box")
 
 
 def check_display() -> None:
@@ -28,8 +53,7 @@ def check_display() -> None:
         cv2.namedWindow(TITLE, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
         cv2.setWindowTitle(TITLE, f"{TITLE} (loading)")
     except cv2.error:
-        raise MaskmlError("this OpenCV has no window support (opencv-python-headless): for the demo, install "
-                          "OpenCV's desktop build: pip install opencv-python") from None
+        raise MaskmlError(f"this OpenCV has no window support: {desktop_opencv_advice()}") from None
 
 
 def run_window(session: DemoSession, title: str) -> None:

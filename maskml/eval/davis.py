@@ -233,9 +233,9 @@ def _score_sequence(pred_dir: Path, gt_dir: Path, sequence: str, frames: list[st
     return [_object_scores(gt == obj, pred == obj) for obj in range(1, num_objects + 1)]
 
 
-def write_csv(results: DavisResults, out_dir: str | Path) -> None:
+def write_csv(results: DavisResults, out_dir: str | Path) -> tuple[Path, Path]:
     """The tool's global_results.csv and per-sequence_results.csv (its columns, 3 decimals as its
-    float_format="%.3f"); both appear together, and only once complete."""
+    float_format="%.3f"); both appear together, and only once complete. Returns their paths."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise MaskmlError(f"output folder {out_dir} exists and is a file: remove it or choose another name")
@@ -243,9 +243,11 @@ def write_csv(results: DavisResults, out_dir: str | Path) -> None:
     rows = [",".join(GLOBAL_COLUMNS), ",".join(f"{scores[c]:.3f}" for c in GLOBAL_COLUMNS)]
     per_object = ["Sequence,J-Mean,F-Mean"] + [f"{name},{j:.3f},{f:.3f}" for name, j, f in
                                                zip(results.objects, results.j_mean, results.f_mean)]
-    with atomic_paths(out_dir / "global_results.csv", out_dir / "per-sequence_results.csv") as (g, s):
+    paths = out_dir / "global_results.csv", out_dir / "per-sequence_results.csv"
+    with atomic_paths(*paths) as (g, s):
         g.write_text("".join(row + "\n" for row in rows))
         s.write_text("".join(row + "\n" for row in per_object))
+    return paths
 
 
 def format_table(results: DavisResults) -> str:

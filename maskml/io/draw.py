@@ -44,13 +44,48 @@ def draw_prompts(image: np.ndarray, points=(), labels=(), box=None) -> np.ndarra
     return out
 
 
+TEXT_FONT = cv2.FONT_HERSHEY_SIMPLEX
+TEXT_MARGIN = 6  # pixels left of the text, and kept free right of it
+
+
+def text_scale(image: np.ndarray) -> float:
+    return max(0.4, min(image.shape[:2]) / 900)
+
+
+def fit_text(lines, width: int, scale: float) -> list[tuple[str, int]]:
+    """The lines wrapped to fit `width` pixels with a margin each side, as (text, drawn width in pixels).
+    A line breaks first between its items (parts separated by two spaces, as in "n: new object  q: quit"),
+    and an item too long for a line between its words; a single word wider than the image stays whole."""
+    room = width - 2 * TEXT_MARGIN
+
+    def measure(text: str) -> int:
+        return cv2.getTextSize(text, TEXT_FONT, scale, 1)[0][0]
+
+    def pack(parts: list[str], separator: str) -> list[str]:
+        out: list[str] = []
+        for part in parts:
+            joined = out[-1] + separator + part if out else part
+            if out and measure(joined) <= room:
+                out[-1] = joined
+            elif measure(part) <= room or separator == " ":
+                out.append(part)
+            else:
+                out.extend(pack(part.split(" "), " "))
+        return out
+
+    wrapped = [row for line in lines for row in (pack(line.split("  "), "  ") if line else [""])]
+    return [(row, measure(row)) for row in wrapped]
+
+
 def draw_text(image: np.ndarray, lines, color=(255, 255, 255), bottom: bool = False) -> np.ndarray:
-    """Lines of text on a dark band along the top (or bottom) edge, drawn in place; returns `image`."""
-    scale = max(0.4, min(image.shape[:2]) / 900)
+    """Lines of text on a dark band along the top (or bottom) edge, wrapped to the image's width (see
+    fit_text), drawn in place; returns `image`."""
+    scale = text_scale(image)
+    rows = [text for text, _ in fit_text(lines, image.shape[1], scale)]
     step = int(26 * scale) + 6
-    top = image.shape[0] - step * len(lines) - 4 if bottom else 0
-    band = image[max(top, 0):top + step * len(lines) + 4]
+    top = image.shape[0] - step * len(rows) - 4 if bottom else 0
+    band = image[max(top, 0):top + step * len(rows) + 4]
     band[:] = band // 3  # darkened, so the text reads on any frame
-    for i, line in enumerate(lines):
-        cv2.putText(image, line, (6, top + step * (i + 1) - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+    for i, row in enumerate(rows):
+        cv2.putText(image, row, (TEXT_MARGIN, top + step * (i + 1) - 4), TEXT_FONT, scale, color, 1, cv2.LINE_AA)
     return image

@@ -1,8 +1,6 @@
 """Reading and writing single images, and writing any output file atomically."""
 from __future__ import annotations
 
-import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -11,41 +9,73 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from maskml.errors import MaskmlError
+from maskml.io.outputs import atomic_paths
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+# Pillow's modes for one channel of more than 8 bits: a 16-bit greyscale PNG or TIFF opens as "I;16";
+# older Pillows and 32-bit TIFFs give "I". Pillow's own convert("RGB") clips these to 255 (all white).
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def check_file(path: str | Path, what: str) -> Path:
+    """`path` as a Path, or a MaskmlError saying that it does not exist or is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise MaskmlError(f"{what} {path} is a folder, not a file: give the file itself")
+    if not path.is_file():
+        raise MaskmlError(f"{what} {path} does not exist")
+    return path
+
+
+def wide_to_uint8(values: np.ndarray, path: Path) -> np.ndarray:
+    """16-bit samples (0..65535) -> 0..255, round(value / 257): 65535 is 255, as 8-bit white."""
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise MaskmlError(f"image {path} holds values from {values.min()} to {values.max()}, outside the 16-bit range "
+                          f"0..65535 that maskml scales to 8 bits: save it as an 8- or 16-bit image")
+    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round half up; v / 257 is never a half
+
+
+def has_wide_colour(im: Image.Image) -> bool:
+    """Whether the file stores 16-bit colour samples, which Pillow (no 16-bit colour mode) cuts to their high byte."""
+    for tile in im.tile:
+        args = tile[3]  # the decoder's arguments: the raw mode, alone or first
+        rawmode = args if isinstance(args, str) else args[0] if args and isinstance(args[0], str) else ""
+        if ";16" in rawmode:
+            return True
+    return False
+
+
+def read_wide_colour(path: Path) -> np.ndarray:
+    """A 16-bit colour PNG or TIFF with OpenCV, which keeps the 16 bits, scaled to H x W x 3 uint8 RGB."""
+    import cv2
+
+    data = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if data is None or data.dtype != np.uint16:
+        raise MaskmlError(f"cannot read image {path}: its 16-bit colour could not be decoded (save it with 8 bits)")
+    if data.ndim == 2:
+        data = data[..., None]
+    channels = data.shape[2]
+    rgb = np.repeat(data[..., :1], 3, axis=2) if channels <= 2 else data[..., 2::-1]  # grey(+alpha) or BGR(A)
+    return wide_to_uint8(rgb, path)
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """H x W x 3 uint8 RGB. PIL decodes, as the official pipelines do, so inputs are bit-identical."""
-    path = Path(path)
-    if not path.is_file():
-        raise MaskmlError(f"image {path} does not exist")
+    """H x W x 3 uint8 RGB. PIL decodes, as the official pipelines do, so 8-bit inputs are bit-identical;
+    16-bit images (greyscale or colour PNG/TIFF) are scaled to 8 bits (round(value / 257)); an alpha
+    channel is dropped."""
+    path = check_file(path, "image")
     try:
         with Image.open(path) as im:
+            if im.mode in WIDE_GREY_MODES:
+                return np.repeat(wide_to_uint8(np.array(im), path)[..., None], 3, axis=2)
+            if im.mode == "F":
+                raise MaskmlError(f"image {path} holds 32-bit floating-point samples: save it as an 8- or 16-bit "
+                                  f"image")
+            if has_wide_colour(im):
+                return read_wide_colour(path)
             return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise MaskmlError(f"cannot read image {path}: {exc}") from None
-
-
-@contextmanager
-def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
-    """Like atomic_path for several outputs: all take their final names only if every write succeeded."""
-    temps = []
-    try:
-        for path in paths:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-            os.close(fd)
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
-            temps.append(Path(tmp))
-        yield temps
-        for tmp, path in zip(temps, paths):
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ places back, in 5-bit groups, low first, with 0x20 as "more follows" and the sig
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from maskml.errors import MaskmlError
 
@@ -21,13 +22,20 @@ from maskml.errors import MaskmlError
 def encode_rle(masks: torch.Tensor) -> list[dict]:
     """(N, H, W) or (H, W) bool -> [{"size": [H, W], "counts": [ints]}], one per mask (a list
     even for one mask, as pycocotools' encode of an H x W x N array)."""
+    return [{"size": rle["size"], "counts": rle["counts"].tolist()} for rle in encode_rle_compact(masks)]
+
+
+def encode_rle_compact(masks: torch.Tensor) -> list[dict]:
+    """encode_rle with the counts in an int32 tensor: 4 bytes a run where a list of Python ints takes 8
+    (counts up to 256, which Python shares) to 36, for RLEs kept by the thousand (the automatic
+    generator's). Every function here takes both."""
     if masks.ndim == 2:
         masks = masks[None]
     if masks.ndim != 3:
         raise MaskmlError(f"RLE encodes (H, W) or (N, H, W) masks, got shape {tuple(masks.shape)}")
     n, h, w = masks.shape
     if h * w == 0:
-        return [{"size": [h, w], "counts": [0]} for _ in range(n)]  # what pycocotools gives
+        return [{"size": [h, w], "counts": torch.zeros(1, dtype=torch.int32)} for _ in range(n)]  # as pycocotools
     masks = masks.bool()
     hw = h * w
     # Column-major order without transposing the masks (a full copy): run ends are where a pixel
@@ -37,19 +45,15 @@ def encode_rle(masks: torch.Tensor) -> list[dict]:
     mask_ends = torch.arange(1, n + 1, device=masks.device) * hw
     ends = torch.cat([i * hw + x * h + y + 1, j * hw + (c + 1) * h, mask_ends]).sort().values
     starts = torch.cat([ends.new_zeros(1), ends[:-1]])  # a mask's first run starts where the previous mask ended
-    runs = (ends - starts).tolist()
+    runs = (ends - starts).to(torch.int32).cpu()
     sizes = (torch.bincount(torch.cat([i, j]), minlength=n) + 1).tolist()
     first = masks[:, 0, 0].tolist()
-    out, at = [], 0
-    for k in range(n):
-        counts = runs[at:at + sizes[k]]
-        at += sizes[k]
-        out.append({"size": [h, w], "counts": [0] + counts if first[k] else counts})
-    return out
+    return [{"size": [h, w], "counts": F.pad(counts, (1, 0)) if first[k] else counts.clone()}  # each its own memory
+            for k, counts in enumerate(runs.split(sizes))]
 
 
 def decode_rle(rle: dict) -> torch.Tensor:
-    """{"size": [H, W], "counts": ints or COCO string} -> (H, W) bool."""
+    """{"size": [H, W], "counts": ints, an int tensor or a COCO string} -> (H, W) bool."""
     h, w = rle["size"]
     counts = torch.as_tensor(_counts(rle), dtype=torch.int64)
     if (counts < 0).any() or int(counts.sum()) != h * w:
@@ -66,11 +70,13 @@ def rle_area(rle: dict) -> int:
 
 def compress_rle(rle: dict) -> dict:
     """Uncompressed counts -> COCO compressed string counts (str, where pycocotools gives bytes)."""
-    return {"size": list(rle["size"]), "counts": _counts_to_string(list(rle["counts"]))}
+    return {"size": list(rle["size"]), "counts": _counts_to_string(_counts(rle))}
 
 
 def _counts(rle: dict) -> list[int]:
     counts = rle["counts"]
+    if isinstance(counts, torch.Tensor):
+        return counts.tolist()
     if isinstance(counts, (str, bytes)):
         return _string_to_counts(counts.decode() if isinstance(counts, bytes) else counts)
     return list(counts)

@@ -12,7 +12,6 @@ Indices and names ("00000", ...) count the frames handed out, not the dropped on
 """
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +20,7 @@ import cv2
 import numpy as np
 
 from maskml.errors import MaskmlError
-from maskml.io.video import open_video
+from maskml.io.video import open_video, quiet_opencv
 
 
 class LiveStream:
@@ -89,14 +88,9 @@ class LiveStream:
 def open_stream(source: int | str) -> LiveStream:
     """A camera by index (0, 1, ...) or a stream URL OpenCV can read (rtsp://, http://, ...)."""
     # OpenCV and FFmpeg print their own warnings for a missing device or an unreachable host; the
-    # MaskmlError below says it once (FFmpeg reads its setting when first used, so set it early)
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
+    # MaskmlError below says it once (FFmpeg's are silenced on import of maskml.io.video)
+    with quiet_opencv():
         capture = cv2.VideoCapture(source)
-    finally:
-        cv2.utils.logging.setLogLevel(level)
     if isinstance(source, int):
         description = f"camera {source}"
         hint = "no such camera, or another program is using it (cameras are numbered from 0)"

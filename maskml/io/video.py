@@ -1,4 +1,4 @@
-"""Frame sources (video files, frame folders), an MP4 writer and atomic output folders.
+"""Frame sources (video files, frame folders) and a video writer.
 
     source = open_video("clip.mp4")          # or a folder of .jpg/.png frames
     for index, name, frame in source:        # frame: H x W x 3 uint8 RGB
@@ -12,21 +12,47 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import cv2
-import numpy as np
+# FFmpeg, inside OpenCV, prints its own line about a broken file ("[mov,mp4,...] moov atom not found")
+# before maskml's message says what is wrong once. OpenCV reads this setting when it first uses FFmpeg,
+# so it is set on import (a setting of the user's own wins; a process that used OpenCV's FFmpeg before
+# importing maskml keeps FFmpeg's lines).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
-from maskml.errors import MaskmlError
-from maskml.io.images import _UMASK, read_image
+import cv2  # noqa: E402 - after the setting above
+import numpy as np  # noqa: E402
+
+from maskml.errors import MaskmlError  # noqa: E402
+from maskml.io.images import read_image  # noqa: E402
+from maskml.io.outputs import temporary_file  # noqa: E402
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEFAULT_FPS = 24.0  # a frame folder has no frame rate, and some containers report none
+
+
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """Silence what FFmpeg and OpenCV print straight to the process's stderr while a capture or a writer
+    is opened (e.g. "tag 0x30395056/'VP90' is not supported", a hardware H.264 encoder that finds no
+    device, warnings for a file or camera it cannot open): whether it opened is the one answer needed,
+    and the MaskmlError that follows a failure says it once."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    level = cv2.utils.logging.getLogLevel()
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class VideoSource:
@@ -98,13 +124,14 @@ class VideoFile(VideoSource):
         self.path = path
         self._capture: cv2.VideoCapture | None = None  # frame()'s, opened on first use
         self._next = 0  # index of the frame that capture reads next
-        capture = cv2.VideoCapture(str(path))
-        try:
-            ok, frame = capture.read() if capture.isOpened() else (False, None)
-            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else 0
-            fps = capture.get(cv2.CAP_PROP_FPS) if ok else 0.0
-        finally:
-            capture.release()
+        with quiet_opencv():
+            capture = cv2.VideoCapture(str(path))
+            try:
+                ok, frame = capture.read() if capture.isOpened() else (False, None)
+                count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else 0
+                fps = capture.get(cv2.CAP_PROP_FPS) if ok else 0.0
+            finally:
+                capture.release()
         if not ok:
             raise MaskmlError(f"cannot decode video {path}: OpenCV cannot read it or it has no frames "
                               f"(re-encode it, e.g. ffmpeg -i {path.name} out.mp4, or extract its frames to a folder)")
@@ -163,29 +190,53 @@ def open_video(path: str | Path) -> VideoSource:
     return VideoFile(path)
 
 
-class VideoWriter:
-    """MP4 (mp4v) writer taking H x W x 3 uint8 RGB frames of one size, used as a context manager:
-    the file appears under its name only when the block ends without error and with at least one
-    frame written; otherwise nothing is left."""
+# fourccs to try for each suffix, browser-playable first; what the installed OpenCV's FFmpeg can
+# encode is found at run time (pip's opencv-python-headless has VP9 and VP8 but no H.264 encoder).
+# WebM takes VP8 first: the same browsers play it, and through OpenCV (which passes libvpx no speed
+# setting) it encodes about 6x faster than VP9 for files only ~6% larger (benchmarks/bench_overlay.py)
+VIDEO_CODECS = {".mp4": ("avc1", "vp09", "mp4v"), ".webm": ("VP80", "VP90")}
+CODEC_NAMES = {"avc1": "H.264", "vp09": "VP9", "VP90": "VP9", "VP80": "VP8", "mp4v": "MPEG-4 part 2 (mp4v)"}
+BROWSER_PLAYABLE = {"avc1", "vp09", "VP90", "VP80"}
 
-    def __init__(self, path: str | Path, fps: float, size: tuple[int, int]) -> None:
-        """size: (width, height), as OpenCV takes it."""
+
+class VideoWriter:
+    """Writer of H x W x 3 uint8 RGB frames of one size into an .mp4 or .webm file, in a format
+    browsers play where the installed OpenCV can encode one: for .mp4 H.264, else VP9, else mp4v
+    (which browsers do not play: `browser_playable` says so); for .webm VP8, else VP9. `codec`
+    names the one written.
+
+    The frames go to a temporary file beside `path`, which takes the final name on close(keep=True)
+    with at least one frame written. As a context manager the file appears only when the block
+    ends without error; otherwise nothing is left."""
+
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int],
+                 codecs: tuple[str, ...] | None = None) -> None:
+        """size: (width, height), as OpenCV takes it. codecs: the fourccs to try instead of the
+        suffix's (e.g. ("mp4v",): encoded 100x faster than VP9, for a file no browser will show)."""
         self.path = Path(path)
         if not (math.isfinite(fps) and fps > 0):
             raise MaskmlError(f"cannot write video {self.path} at {fps} frames per second: give a positive rate")
+        suffix = self.path.suffix.lower()
+        if suffix not in VIDEO_CODECS:
+            raise MaskmlError(f"cannot write video {self.path}: videos are written as .mp4 or .webm files")
+        codecs = codecs or VIDEO_CODECS[suffix]
         self.size = tuple(size)
         self.count = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # the temporary name ends in .mp4 whatever the final one: OpenCV picks the container from it
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".mp4", dir=self.path.parent)
-        os.close(fd)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
-        self.tmp = Path(tmp)
-        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, self.size)
-        if not self.writer.isOpened():
+        self.tmp = temporary_file(self.path)  # its name ends in the final name: OpenCV picks the container from it
+        for fourcc in codecs:
+            with quiet_opencv():
+                self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), fps, self.size)
+            if self.writer.isOpened():
+                break
+            self.writer.release()
+        else:
             self.tmp.unlink(missing_ok=True)
-            raise MaskmlError(f"cannot write video {self.path}: this OpenCV build has no MP4 (mp4v) encoder; "
-                              f"write the frames to a folder instead")
+            raise MaskmlError(f"cannot write video {self.path}: this OpenCV build has no encoder for it "
+                              f"({', '.join(codecs)}); write the frames to a folder instead")
+        self.fourcc = fourcc
+        self.codec = CODEC_NAMES.get(fourcc, fourcc)
+        self.browser_playable = fourcc in BROWSER_PLAYABLE
 
     def write(self, frame: np.ndarray) -> None:
         # OpenCV drops a frame of another size or type without a word
@@ -197,40 +248,20 @@ class VideoWriter:
         self.writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
         self.count += 1
 
+    def close(self, keep: bool = True) -> bool:
+        """Finish the file (it plays, with the frames written so far) and give it its name, or with
+        keep=False remove it. True if the file was kept; one without frames never is."""
+        self.writer.release()
+        if keep and self.count:
+            os.replace(self.tmp, self.path)
+            return True
+        self.tmp.unlink(missing_ok=True)
+        return False
+
     def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self.writer.release()
-        if exc_type is None and self.count == 0:
-            self.tmp.unlink(missing_ok=True)
+        if not self.close(keep=exc_type is None) and exc_type is None:
             raise MaskmlError(f"no frames were given for video {self.path}; nothing was written")
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
         return False
-
-
-@contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `path`; on success it replaces `path` (and whatever
-    it held), on failure or Ctrl-C it is removed and whatever `path` held before stays untouched."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise MaskmlError(f"output folder {path} exists and is a file: remove it or choose another name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders; outputs get the usual permissions
-    try:
-        yield tmp
-        if path.exists():
-            # a folder cannot replace a non-empty one in one rename: move the old one aside first
-            old = tmp.with_name(tmp.name + ".old")  # unique, as tmp is
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

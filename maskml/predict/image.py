@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from maskml.errors import MaskmlError
+from maskml.predict.checks import as_labels
 from maskml.models.sam import Sam
 from maskml.models.sam2.sam2 import Sam2
 from maskml.predict.resize import longest_side_shape, resize_bilinear_like_pillow
@@ -284,12 +285,7 @@ class ImagePredictor:
             if labels is None:
                 label_t = torch.ones(coords.shape[:2], dtype=torch.int32)
             else:
-                label_t = torch.as_tensor(np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels))
-                if label_t.numel() != coords.shape[0] * coords.shape[1]:
-                    raise MaskmlError(f"got {coords.shape[1]} points but {label_t.numel()} labels")
-                if not bool(((label_t == 0) | (label_t == 1)).all()):
-                    raise MaskmlError("point labels must be 1 (foreground) or 0 (background)")
-                label_t = label_t.reshape(coords.shape[:2]).to(torch.int32)
+                label_t = as_labels(labels, coords.shape[0] * coords.shape[1]).reshape(coords.shape[:2]).int()
             coords = self.backend.to_input_frame(coords, state).float()
             point_args = (coords.to(device), label_t.to(device))
         elif labels is not None:
@@ -297,8 +293,16 @@ class ImagePredictor:
 
         mask_t = None
         if mask_input is not None:
-            mask_t = torch.as_tensor(np.asarray(mask_input.cpu() if isinstance(mask_input, torch.Tensor)
-                                                else mask_input), dtype=torch.float32)
+            try:
+                mask_t = mask_input.cpu() if isinstance(mask_input, torch.Tensor) else torch.as_tensor(
+                    np.asarray(mask_input))
+            except (TypeError, ValueError, RuntimeError):
+                mask_t = None
+            if mask_t is None or not mask_t.dtype.is_floating_point:
+                what = f"a {mask_t.dtype} array" if mask_t is not None else repr(mask_input)
+                raise MaskmlError(f"mask_input takes float mask logits (an earlier prediction's low_res_logits), got "
+                                  f"{what}: to start from an object's mask, give its points or box instead")
+            mask_t = mask_t.float()
             if mask_t.shape[-2:] != (256, 256) or mask_t.numel() != 256 * 256:
                 raise MaskmlError(f"mask_input must be 1 x 256 x 256 low-res logits (one of an earlier "
                                   f"prediction's low_res_logits), got shape {tuple(mask_t.shape)}")

@@ -4,7 +4,7 @@
     out = pipe.step(frame, [Prompt(1, points=[(320, 200)])])   # object 1 from one click
     out = pipe.step(next_frame)                                  # tracked
     out = pipe.step(later_frame, [Prompt(1, box=(40, 60, 300, 420)), Prompt(2, points=[(500, 90)])])
-    pipe.remove([2])
+    pipe.remove_objects([2])
 
 A prompt for a tracked object corrects it on that frame: the prompter's mask replaces the tracker's
 estimate and enters its memory. The prompter is any image model ImagePredictor takes; its mask is the
@@ -21,14 +21,20 @@ import torch
 
 from maskml.errors import MaskmlError
 from maskml.predict.cutie.tracker import TrackerOutput
-from maskml.predict.image import ImagePredictor
+from maskml.predict.image import ImagePredictor, _as_float_array
+from maskml.predict.checks import as_id_map, as_labels, check_object_id, frame_size, ids_to_remove
 
 
-def check_object_id(value) -> int:
-    """An object id is a positive integer (bool is not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise MaskmlError(f"an object id must be a positive integer, got {value!r}")
-    return int(value)
+def _as_sequence(value, name: str):
+    """Points or labels as something with a length: an array as it is, any other iterable as a list."""
+    if value is None:
+        return ()
+    if isinstance(value, (np.ndarray, torch.Tensor, str)) or hasattr(value, "__len__"):
+        return value
+    try:
+        return list(value)
+    except TypeError:
+        raise MaskmlError(f"{name} must be a list of numbers, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -45,13 +51,14 @@ class Prompt:
 
     def __post_init__(self) -> None:
         check_object_id(self.object_id)
-        points = tuple((float(x), float(y)) for x, y in self.points)
-        labels = tuple(int(v) for v in self.labels) if self.labels else (1,) * len(points)
-        if len(labels) != len(points):
-            raise MaskmlError(f"object {self.object_id}: {len(points)} points but {len(labels)} labels")
-        if any(v not in (0, 1) for v in labels):
-            raise MaskmlError(f"object {self.object_id}: point labels must be 1 (object) or 0 (background)")
-        box = None if self.box is None else tuple(float(v) for v in self.box)
+        try:
+            given_points, given_labels = _as_sequence(self.points, "points"), _as_sequence(self.labels, "labels")
+            points = () if len(given_points) == 0 else tuple(
+                (x, y) for x, y in _as_float_array(given_points, "points", (2,)).reshape(-1, 2).tolist())
+            labels = tuple(as_labels(given_labels, len(points)).tolist()) if len(given_labels) else (1,) * len(points)
+            box = None if self.box is None else tuple(_as_float_array(self.box, "box", (4,)).reshape(-1).tolist())
+        except MaskmlError as exc:
+            raise MaskmlError(f"object {self.object_id}: {exc}") from None
         if box is not None and (len(box) != 4 or box[2] < box[0] or box[3] < box[1]):
             raise MaskmlError(f"object {self.object_id}: a box is x0, y0, x1, y1 with x1 >= x0 and y1 >= y0, "
                               f"got {self.box}")
@@ -75,9 +82,21 @@ class Prompt:
                                   f"the {w}x{h} frame")
 
 
+def as_prompts(prompts: Iterable[Prompt]) -> list[Prompt]:
+    """A list of Prompt records, or a MaskmlError that shows the form."""
+    if isinstance(prompts, (Prompt, str)) or not hasattr(prompts, "__iter__"):
+        raise MaskmlError(f"prompts are a list of maskml.Prompt, e.g. [Prompt(1, points=[(320, 200)])], got "
+                          f"{type(prompts).__name__}")
+    prompts = list(prompts)
+    wrong = [p for p in prompts if not isinstance(p, Prompt)]
+    if wrong:
+        raise MaskmlError(f"prompts are maskml.Prompt records, e.g. Prompt(1, points=[(320, 200)]), got {wrong[0]!r}")
+    return prompts
+
+
 def prompt_masks(predictor: ImagePredictor, prompts: Iterable[Prompt]) -> torch.Tensor:
     """The masks of `prompts` on the predictor's image as one H x W int64 id map, later prompts on top."""
-    prompts = list(prompts)
+    prompts = as_prompts(prompts)
     ids = [p.object_id for p in prompts]
     if len(set(ids)) != len(ids):
         raise MaskmlError(f"one prompt per object and frame, got object ids {ids}: put all clicks of an "
@@ -102,7 +121,8 @@ class Tracker(Protocol):
     step(frame, mask=None) -> TrackerOutput tracks one more frame (H x W x 3 uint8 RGB). `mask`, an
     H x W map of object ids, adds the objects it holds, or replaces the tracker's estimate of tracked
     ones on this frame, and that mask enters the tracker's memory.
-    delete_objects(ids) stops tracking objects; reset() forgets everything (a new video).
+    remove_objects(ids) stops tracking objects (an iterable of tracked ids); reset() forgets everything
+    (a new video).
 
     A tracker that takes clicks itself (SAM 2) declares a `prompts` keyword,
     step(frame, mask=None, prompts=()), and gets the frame's Prompts unchanged when the pipeline has
@@ -110,7 +130,7 @@ class Tracker(Protocol):
 
     def step(self, frame, mask=None) -> TrackerOutput: ...
 
-    def delete_objects(self, ids) -> None: ...
+    def remove_objects(self, ids) -> None: ...
 
     def reset(self) -> None: ...
 
@@ -142,7 +162,7 @@ class Pipeline:
         """Track one frame. `prompts` add objects or correct tracked ones on this frame; `mask`, an
         H x W id map (e.g. an annotation file), does the same for the objects it holds, and prompts go
         on top of it. A frame before any object costs nothing (an empty output)."""
-        prompts = list(prompts)
+        prompts = as_prompts(prompts)
         if self.tracker_takes_prompts:
             if not prompts and mask is None and not self.object_ids:
                 return self._empty(frame)
@@ -151,8 +171,7 @@ class Pipeline:
             if prompts:
                 ids = self.segment(frame, prompts)
                 if mask is not None:
-                    given = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
-                    ids = torch.where(ids > 0, ids, given.to(ids.device, torch.int64))
+                    ids = torch.where(ids > 0, ids, as_id_map(mask, tuple(ids.shape)).to(ids.device))
                 mask = ids
             if mask is None and not self.object_ids:
                 return self._empty(frame)
@@ -160,10 +179,10 @@ class Pipeline:
         self.object_ids = list(out.object_ids)
         return out
 
-    def remove(self, ids: Iterable[int]) -> None:
-        """Stop tracking these objects."""
-        ids = {int(i) for i in ids}
-        self.tracker.delete_objects(ids)
+    def remove_objects(self, ids: Iterable[int]) -> None:
+        """Stop tracking these objects (ids tracked as of the last step)."""
+        ids = ids_to_remove(ids, self.object_ids)
+        self.tracker.remove_objects(ids)
         self.object_ids = [i for i in self.object_ids if i not in ids]
 
     def reset(self) -> None:
@@ -173,10 +192,7 @@ class Pipeline:
         self._embedded = None
 
     def _empty(self, frame) -> TrackerOutput:
-        shape = tuple(getattr(frame, "shape", ()))
-        if len(shape) != 3 or shape[2] != 3:
-            raise MaskmlError(f"a frame must be an H x W x 3 uint8 RGB array, got shape {shape}")
-        h, w = shape[:2]
+        h, w = frame_size(frame)
         device = getattr(self.tracker, "device", "cpu")  # where the tracker's own outputs are
         return TrackerOutput(probs=torch.zeros(0, h, w, device=device), object_ids=[],
                              labels=torch.zeros(h, w, dtype=torch.int64, device=device))

@@ -20,6 +20,8 @@ from maskml.errors import MaskmlError
 from maskml.models.cutie import Cutie
 from maskml.models.cutie.transformer import aggregate
 from maskml.predict.cutie.memory import Memory
+from maskml.predict.checks import (DEFAULT_MAX_OBJECTS, as_id_map, check_frame_size, check_mask_objects,
+                                   check_max_objects, ids_to_remove)
 from maskml.runtime import keep_freed_memory
 
 DEFAULTS = {
@@ -87,11 +89,14 @@ def unpad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
 
 
 class VideoTracker:
-    def __init__(self, model: Cutie, **options) -> None:
+    def __init__(self, model: Cutie, max_objects: int = DEFAULT_MAX_OBJECTS, **options) -> None:
+        """options: Cutie's eval options by their official names (DEFAULTS); max_objects: how many objects
+        masks may add in all (each takes memory, see maskml.predict.checks.OBJECT_MEMORY)."""
         if not isinstance(model, Cutie):
             raise MaskmlError(f"VideoTracker needs a Cutie model (cutie_small, cutie_base), got {type(model).__name__}")
         keep_freed_memory()
         self.model = model
+        self.max_objects = check_max_objects(max_objects)
         self.options = resolve_options(options)
         mem_every, stagger = self.options["mem_every"], self.options["stagger_updates"]
         if stagger >= mem_every:
@@ -109,13 +114,14 @@ class VideoTracker:
         o = self.options
         self.memory = Memory(o["top_k"], o["max_mem_frames"], o["use_long_term"], o["long_term"])
         self.objects: list[int] = []  # object ids in channel order (order of first appearance)
+        self.video_size: tuple[int, int] | None = None  # (H, W) of the frames, from the first one
         self.curr_ti = -1
         self.last_mem_ti = 0
         self.last_mask: torch.Tensor | None = None
 
-    def delete_objects(self, ids) -> None:
-        """Stop tracking these objects; their memories are freed."""
-        ids = {int(i) for i in ids}
+    def remove_objects(self, ids) -> None:
+        """Stop tracking these objects (an iterable of tracked ids); their memories are freed."""
+        ids = ids_to_remove(ids, self.objects)
         keep = [i for i, obj in enumerate(self.objects) if obj not in ids]
         self.objects = [self.objects[i] for i in keep]
         if self.last_mask is not None:
@@ -126,7 +132,8 @@ class VideoTracker:
     def step(self, frame, mask=None, objects=None) -> TrackerOutput:
         image = self._image(frame)
         h, w = image.shape[-2:]
-        ids_mask = None if mask is None else self._mask(mask, (h, w))
+        check_frame_size((h, w), self.video_size)
+        ids_mask = None if mask is None else as_id_map(mask, (h, w)).to(self.device)
         if ids_mask is not None:
             present = sorted(int(v) for v in torch.unique(ids_mask).tolist() if v != 0)
             objects = present if objects is None else [int(o) for o in objects]
@@ -135,6 +142,8 @@ class VideoTracker:
                 raise MaskmlError(f"objects {missing} are not in the given mask (it holds {present})")
             if not objects:
                 raise MaskmlError("the given mask contains no object (all background)")
+            check_mask_objects(objects, self.objects, self, (h, w))
+        self.video_size = (h, w)
 
         size = self.options["max_internal_size"]
         resized = size > 0 and min(h, w) > size
@@ -227,12 +236,3 @@ class VideoTracker:
             shape = tuple(frame.shape) if hasattr(frame, "shape") else type(frame).__name__
             raise MaskmlError(f"a frame must be an H x W x 3 uint8 RGB array, got {shape}")
         return frame.to(self.device).permute(2, 0, 1).float() / 255
-
-    def _mask(self, mask, size: tuple[int, int]) -> torch.Tensor:
-        if isinstance(mask, np.ndarray):
-            mask = torch.from_numpy(np.ascontiguousarray(mask))
-        if not isinstance(mask, torch.Tensor) or mask.ndim != 2:
-            raise MaskmlError("a mask must be an H x W array of object ids")
-        if tuple(mask.shape) != size:
-            raise MaskmlError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the frame is {size[1]}x{size[0]}")
-        return mask.to(self.device).long()

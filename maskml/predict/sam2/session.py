@@ -32,7 +32,7 @@ from maskml.errors import MaskmlError
 from maskml.io.video import open_video
 from maskml.models.sam2.sam2 import NO_OBJECT_LOGIT, FrameFeatures, Sam2
 from maskml.predict.image import _as_float_array, as_image_tensor
-from maskml.predict.pipeline import check_object_id
+from maskml.predict.checks import as_labels, as_object_mask, check_object_id, ids_to_remove
 from maskml.predict.resize import resize_like_pillow
 from maskml.runtime import keep_freed_memory
 
@@ -75,6 +75,9 @@ class _Frames:
     def __init__(self, video) -> None:
         if isinstance(video, (str, Path)):
             video = open_video(video)
+        if not hasattr(video, "__len__") or not (hasattr(video, "frame") or hasattr(video, "__getitem__")):
+            raise MaskmlError(f"video must be a video file or frame folder (a path), frames (T, H, W, 3) uint8 RGB, "
+                              f"or a frame source such as maskml.io.video.open_video's, got {type(video).__name__}")
         self.video = video
         self.count = len(video)
         if self.count == 0:
@@ -192,14 +195,13 @@ class VideoSession:
 
     @torch.inference_mode()
     def add_mask(self, frame: int, obj_id: int, mask) -> PropagationStep:
-        """A binary mask (H, W) of the object on `frame` (any size; resized to the model's input)."""
+        """The object's mask (H, W) on `frame`: booleans, 0/1 or probabilities in [0, 1] (any size; resized
+        to the model's input and binarised at 0.5)."""
         frame, obj_id = self._check_frame(frame), check_object_id(obj_id)
-        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
-        if m.ndim != 2:
-            raise MaskmlError(f"a mask must be 2-D (H x W), got shape {tuple(m.shape)}")
-        if not m.any():
-            raise MaskmlError(f"the mask for object {obj_id} on frame {frame} is empty")
-        m = m.to(self.model.device, torch.float32)[None, None]
+        m = as_object_mask(mask)
+        if not bool((m >= 0.5).any()):
+            raise MaskmlError(f"the mask for object {obj_id} on frame {frame} is empty (no value of 0.5 or more)")
+        m = m.to(self.model.device)[None, None]
         size = self.model.image_size
         if m.shape[-2:] != (size, size):
             m = (F.interpolate(m, (size, size), mode="bilinear", align_corners=False, antialias=True) >= 0.5).float()
@@ -217,14 +219,7 @@ class VideoSession:
             part_labels.append(torch.tensor([2, 3]))
         if points is not None:
             p = _as_float_array(points, "points", (2,)).reshape(-1, 2)
-            if labels is None:
-                lab = torch.ones(p.shape[0], dtype=torch.int64)
-            else:
-                lab = torch.as_tensor(np.asarray(labels)).reshape(-1).to(torch.int64)
-                if lab.numel() != p.shape[0]:
-                    raise MaskmlError(f"got {p.shape[0]} points but {lab.numel()} labels")
-                if not bool(((lab == 0) | (lab == 1)).all()):
-                    raise MaskmlError("point labels must be 1 (object) or 0 (background)")
+            lab = torch.ones(p.shape[0], dtype=torch.int64) if labels is None else as_labels(labels, p.shape[0])
             outside = (p[:, 0] < 0) | (p[:, 0] > w) | (p[:, 1] < 0) | (p[:, 1] > h)
             if outside.any():
                 raise MaskmlError(f"point {p[outside][0].tolist()} is outside the {w}x{h} frame")
@@ -364,11 +359,11 @@ class VideoSession:
                 del track.non_cond[t]
 
     # ---------------------------------------------------------------------------------- objects
-    def remove_object(self, obj_id: int) -> list[int]:
-        """Forget an object and all its prompts and outputs; returns the remaining ids."""
-        if obj_id not in self.objects:
-            raise MaskmlError(f"object {obj_id} does not exist; objects: {self.obj_ids or 'none'}")
-        del self.objects[obj_id]
+    def remove_objects(self, ids) -> list[int]:
+        """Forget these objects (an iterable of ids) and all their prompts and outputs; returns the
+        remaining ids."""
+        for obj_id in ids_to_remove(ids, self.objects):
+            del self.objects[obj_id]
         return self.obj_ids
 
     def reset(self) -> None:

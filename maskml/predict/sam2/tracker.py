@@ -3,11 +3,12 @@ frames as they arrive. Every prompt lands on a frame not tracked yet, so it make
 frame and stays in the object's memory."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from maskml.errors import MaskmlError
 from maskml.predict.cutie.tracker import TrackerOutput
+from maskml.predict.checks import (DEFAULT_MAX_OBJECTS, as_id_map, check_frame_size, check_mask_objects,
+                                   check_max_objects, frame_size, ids_to_remove)
 from maskml.predict.sam2.session import VideoSession, resolve_options
 
 STREAM_LENGTH = 2**31 - 1  # a live stream has no known end: object pointers are coded as in a long video
@@ -37,22 +38,29 @@ class Sam2Tracker:
     """step(frame, mask=None, prompts=()) -> TrackerOutput; prompts are maskml.Prompt (clicks/boxes per
     object), mask an H x W id map (each id's pixels become that object's mask on this frame)."""
 
-    def __init__(self, model, **options) -> None:
-        """options: those of VideoSession (keep_window, ...)."""
+    def __init__(self, model, max_objects: int = DEFAULT_MAX_OBJECTS, **options) -> None:
+        """options: those of VideoSession (keep_window, ...); max_objects: how many objects masks may add
+        in all (each takes memory, see maskml.predict.checks.OBJECT_MEMORY)."""
         self.model = model
+        self.max_objects = check_max_objects(max_objects)
         self.options = resolve_options(options)
         self._frames: _LiveFrames | None = None
         self._session: VideoSession | None = None
 
     def step(self, frame, mask=None, prompts=()) -> TrackerOutput:
+        size = frame_size(frame)
+        check_frame_size(size, None if self._frames is None else self._frames.size)
+        ids = None if mask is None else as_id_map(mask, size)
+        if ids is not None:
+            present = [i for i in ids.unique().tolist() if i]
+            check_mask_objects(present, [] if self._session is None else list(self._session.objects), self, size)
         if self._session is None:
             self._frames = _LiveFrames(frame)
             self._session = VideoSession(self.model, self._frames, **self.options)
         else:
             self._frames.push(frame)
         session, t = self._session, self._frames.index
-        if mask is not None:
-            ids = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+        if ids is not None:
             for obj_id in ids.unique().tolist():
                 if obj_id:
                     session.add_mask(t, obj_id, ids == obj_id)
@@ -64,11 +72,12 @@ class Sam2Tracker:
         step = next(iter(session.propagate(start=t)))  # this frame only
         return to_tracker_output(step.obj_ids, step.logits)
 
-    def delete_objects(self, ids) -> None:
-        if self._session is not None:
-            for obj_id in ids:
-                if int(obj_id) in self._session.objects:
-                    self._session.remove_object(int(obj_id))
+    def remove_objects(self, ids) -> None:
+        """Stop tracking these objects (an iterable of tracked ids)."""
+        if self._session is None:
+            ids_to_remove(ids, ())  # nothing is tracked yet: the error names the ids
+        else:
+            self._session.remove_objects(ids)
 
     def reset(self) -> None:
         self._session = self._frames = None
