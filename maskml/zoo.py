@@ -178,12 +178,28 @@ def load_state(model: nn.Module, entry: ModelEntry, state: dict[str, torch.Tenso
     model.load_state_dict(state, strict=True)
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
 def load_model(name: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
-               progress: bool = True) -> nn.Module:
+               progress: bool = True, backend: str = "torch", providers: list[str] | None = None) -> nn.Module:
     """Build `name` and load its official weights, from `checkpoint` or from the cache folder
     ($MASKML_HOME, default ~/.cache/maskml), downloading them there if needed. progress: report on
-    stderr what takes time (the download's progress bar, a line while the weights load); False is silent."""
+    stderr what takes time (the download's progress bar, a line while the weights load); False is silent.
+    backend="onnxruntime": checkpoint is a folder written by `maskml export`, run by ONNX Runtime with
+    `providers` (default CPU; they, not `device`, choose the hardware)."""
     entry = get_entry(name)
+    if backend not in BACKENDS:
+        raise MaskmlError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        if str(device) != "cpu":
+            raise MaskmlError(f"device {device!r} does not apply to backend='onnxruntime': choose the hardware "
+                              f"with providers (e.g. CUDAExecutionProvider)")
+        from maskml.export.runtime import load_onnx_model
+
+        return load_onnx_model(name, checkpoint, providers)
+    if providers is not None:
+        raise MaskmlError("providers apply to backend='onnxruntime' only")
     path = Path(checkpoint) if checkpoint is not None else cached_file(entry.filename, entry.url, entry.sha256,
                                                                       progress=progress, md5=entry.md5)
     state = read_checkpoint(entry, path, progress)

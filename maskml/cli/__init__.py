@@ -13,7 +13,7 @@ import sys
 
 from maskml.errors import MaskmlError
 
-COMMANDS = ("segment", "track", "demo", "eval", "models")
+COMMANDS = ("segment", "track", "demo", "eval", "models", "export")
 
 
 class Parser(argparse.ArgumentParser):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskml.cli.backend import add_backend_arguments, backend_options
 from maskml.errors import MaskmlError
 from maskml.io.images import atomic_paths, image_format, read_image, save_image
 from maskml.io.outputs import check_outputs
@@ -52,6 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--logits", help="also write the mask logits, float32 .npy of shape (C, H, W)")
     p.add_argument("--overlay", help="also write the image with the mask(s) drawn on it (.jpg/.png)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_backend_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -106,7 +108,7 @@ def run(args) -> None:
                   files={"--out": args.out, "--logits": args.logits, "--overlay": args.overlay})
     height, width = image.shape[:2]
     points, labels, box = check_arguments(args, height, width)
-    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device, **backend_options(args))
 
     if args.everything:
         records = maskml.AutomaticMaskGenerator(

@@ -11,9 +11,15 @@ from torch import nn
 from maskml.models import winograd
 
 
+def capturing_graph() -> bool:
+    """A graph is being traced for another runtime (ONNX export): writes into views of a tensor, which
+    traced graphs do not record faithfully, give way to plain out-of-place operations."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def is_inference() -> bool:
     """No autograd graph is being recorded: in-place activations and cached tensors are safe."""
-    return not torch.is_grad_enabled()
+    return not torch.is_grad_enabled() and not capturing_graph()
 
 
 def gelu_inplace(x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +136,12 @@ def relu_inplace(x: torch.Tensor) -> torch.Tensor:
     return x.relu_() if is_inference() else F.relu(x)
 
 
+def ceil_div(n: int, d: int) -> int:
+    """Ceiling of n / d for sizes; written with a positive floor division because a traced graph
+    divides integers truncating toward zero, where Python floors (-(-n // d) would go wrong)."""
+    return (n + d - 1) // d
+
+
 def _spans(n: int, ws: int) -> list[tuple[slice, slice, int]]:
     """Along one axis of length n cut into windows of ws: (image slice, window slice, extent inside
     those windows) for the whole windows and for the partial last one, whose rest is padding."""
@@ -153,7 +165,10 @@ def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
     (no padded image in between); where the image ends inside the last row/column of windows the
     rest is zeros."""
     b, h, w, c = x.shape
-    nh, nw = -(-h // ws), -(-w // ws)
+    nh, nw = ceil_div(h, ws), ceil_div(w, ws)
+    if capturing_graph():
+        x = F.pad(x, (0, 0, 0, nw * ws - w, 0, nh * ws - h))
+        return x.reshape(b, nh, ws, nw, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
     windows = x.new_empty(b, nh, nw, ws, ws, c)
     grid = windows.permute(0, 1, 3, 2, 4, 5)  # (B, nh, ws, nw, ws, C): the padded image
     if h % ws:
@@ -167,8 +182,10 @@ def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
 
 def window_unpartition(windows: torch.Tensor, ws: int, b: int, h: int, w: int) -> torch.Tensor:
     """Inverse of window_partition: (B * nh * nw, ws * ws, C) -> (B, H, W, C), padding dropped, one copy."""
-    nh, nw = -(-h // ws), -(-w // ws)
+    nh, nw = ceil_div(h, ws), ceil_div(w, ws)
     grid = windows.reshape(b, nh, nw, ws, ws, -1).permute(0, 1, 3, 2, 4, 5)
+    if capturing_graph():
+        return grid.reshape(b, nh * ws, nw * ws, -1)[:, :h, :w]
     out = windows.new_empty(b, h, w, grid.shape[-1])
     for image, window, shape in window_regions(b, h, w, grid.shape[-1], ws):
         out[image].view(shape).copy_(grid[window])
@@ -188,7 +205,7 @@ class LayerNorm2d(nn.Module):
         if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             # channels-last memory is already NHWC: the fused LayerNorm over its last axis, no copy
             # (on NCHW memory the reductions below are faster than a transposing copy)
-            return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps
+            return F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps
                                 ).permute(0, 3, 1, 2)
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)

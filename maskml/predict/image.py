@@ -68,29 +68,68 @@ def _as_float_array(value, name: str, shape_tail: tuple[int, ...]) -> torch.Tens
     return t
 
 
+def prompts_as_points(points: tuple[torch.Tensor, torch.Tensor] | None, boxes: torch.Tensor | None,
+                      pad: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Clicks and boxes as one point set: each box (B, 4) becomes two corner points labelled 2 and 3 in
+    front of the clicks; pad appends SAM's "not a point" (label -1). The form SAM 2 and the exported
+    decoder graphs take."""
+    coords, labels = points if points is not None else (None, None)
+    if boxes is not None:
+        corners = boxes.reshape(-1, 2, 2)
+        corner_labels = torch.tensor([[2, 3]], dtype=torch.int32, device=corners.device).expand(len(corners), -1)
+        coords = corners if coords is None else torch.cat([corners, coords.expand(len(corners), -1, -1)], dim=1)
+        labels = corner_labels if labels is None else torch.cat([corner_labels, labels.expand(len(corners), -1)],
+                                                                dim=1)
+    if pad:
+        batch = 1 if coords is None else coords.shape[0]
+        pad_coords = torch.zeros(batch, 1, 2)
+        pad_labels = torch.full((batch, 1), -1, dtype=torch.int32)
+        coords = pad_coords if coords is None else torch.cat([coords, pad_coords.to(coords)], dim=1)
+        labels = pad_labels if labels is None else torch.cat([labels, pad_labels.to(labels)], dim=1)
+    return coords, labels
+
+
+def upscale_sam_logits(low_res: torch.Tensor, original_size, input_size, image_size: int) -> torch.Tensor:
+    """SAM's (B, C, 256, 256) low-res logits -> logits at the original size: up to the padded
+    image_size square, padding cropped away, then to the original size. Sizes are ints, or 0-dim
+    tensors inside an exported graph."""
+    (new_h, new_w), (h, w) = input_size, original_size
+    x = F.interpolate(low_res, (image_size, image_size), mode="bilinear", align_corners=False)
+    x = x[..., :new_h, :new_w]
+    if isinstance(h, torch.Tensor) or (new_h, new_w) != (h, w):  # at the same size the resize is the identity
+        x = F.interpolate(x, (h, w), mode="bilinear", align_corners=False)
+    return x
+
+
 class SamBackend:
-    """SAM / MobileSAM: longest side resized to 1024 (Pillow-exact), normalised, padded."""
+    """SAM / MobileSAM: longest side resized to 1024 (Pillow-exact), normalised, padded.
+    Everything but the networks (encode, decode) is shared with the ONNX Runtime backend."""
 
     low_res_clamp = None
 
-    def __init__(self, model: Sam) -> None:
+    def __init__(self, model) -> None:
         self.model = model
         self.image_size = model.image_size
 
-    @torch.inference_mode()
     def embed(self, image: torch.Tensor) -> dict:
         h, w = image.shape[:2]
         input_size = longest_side_shape(h, w, self.image_size)
         resized = resize_bilinear_like_pillow(image, input_size) if input_size != (h, w) else image
-        x = resized.permute(2, 0, 1)[None].float()
-        x = (x - self.model.pixel_mean) / self.model.pixel_std
-        x = F.pad(x, (0, self.image_size - input_size[1], 0, self.image_size - input_size[0]))
-        embedding = self.model.embed_image(x)
+        state = self.encode(resized.permute(2, 0, 1)[None].float())
+        return {**state, "original_size": (h, w), "input_size": input_size}
+
+    @torch.inference_mode()
+    def encode(self, resized: torch.Tensor) -> dict:
+        """(1, 3, h, w) resized float image, 0-255 -> the decoder's image state."""
+        return self.image_state(self.model.embed_resized(resized))
+
+    @torch.inference_mode()
+    def image_state(self, embedding: torch.Tensor) -> dict:
+        """What the decoder reuses for every prompt on an image with this embedding."""
         dense_pe = self.model.prompt_encoder.get_dense_pe()
         _, no_mask = self.model.prompt_encoder(None, None, None)
         cache = self.model.mask_decoder.transformer.image_cache(embedding + no_mask, dense_pe)
-        return {"embedding": embedding, "dense_pe": dense_pe, "decoder_cache": cache, "original_size": (h, w),
-                "input_size": input_size}
+        return {"embedding": embedding, "dense_pe": dense_pe, "decoder_cache": cache}
 
     def to_input_frame(self, coords: torch.Tensor, state: dict) -> torch.Tensor:
         """(..., 2) float64 original-image pixels -> the resized frame, one factor per axis from the
@@ -111,18 +150,16 @@ class SamBackend:
     @torch.inference_mode()
     def upscale(self, low_res: torch.Tensor, state: dict) -> torch.Tensor:
         """Low-res logits -> logits at the original image size (padding cropped away)."""
-        (new_h, new_w) = state["input_size"]
         shape = low_res.shape
-        x = low_res.reshape(-1, 1, *shape[-2:])
-        x = F.interpolate(x, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        if (new_h, new_w) != state["original_size"]:  # at the same size the resize is the identity
-            x = F.interpolate(x[..., :new_h, :new_w], state["original_size"], mode="bilinear", align_corners=False)
+        x = upscale_sam_logits(low_res.reshape(-1, 1, *shape[-2:]), state["original_size"], state["input_size"],
+                               self.image_size)
         return x.reshape(*shape[:-2], *x.shape[-2:])
 
 
 class Sam2Backend:
     """SAM 2 / 2.1: the image resized (float, antialiased) to 1024 x 1024 without keeping the aspect ratio;
-    a box becomes two corner points in front of the clicks; returned low-res logits clamped to +-32."""
+    a box becomes two corner points in front of the clicks; returned low-res logits clamped to +-32.
+    Everything but the networks (encode, decode) is shared with the ONNX Runtime backend."""
 
     low_res_clamp = 32.0
 
@@ -130,21 +167,22 @@ class Sam2Backend:
         self.model = model
         self.image_size = model.image_size
 
-    @torch.inference_mode()
     def embed(self, image: torch.Tensor) -> dict:
         h, w = image.shape[:2]
         size = (self.image_size, self.image_size)
         x = image.permute(2, 0, 1)[None].float() / 255.0
         x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
-        x = (x - self.model.pixel_mean) / self.model.pixel_std
-        features = self.model.encode_image(x)
-        embedding = self.model.attend_memory(features, [], [], 0)  # a single image: "no memory" embedding
+        return {**self.encode(x), "original_size": (h, w), "input_size": size}
+
+    @torch.inference_mode()
+    def encode(self, resized: torch.Tensor) -> dict:
+        """(1, 3, 1024, 1024) resized float image, 0-1 -> the decoder's image state."""
+        embedding, high_res = self.model.embed_resized(resized)
         prompt_encoder = self.model.sam_prompt_encoder
         dense_pe = prompt_encoder.get_dense_pe()
         _, no_mask = prompt_encoder(None, None, None)
         cache = self.model.sam_mask_decoder.transformer.image_cache(embedding + no_mask, dense_pe)
-        return {"embedding": embedding, "high_res": features.high_res, "dense_pe": dense_pe, "decoder_cache": cache,
-                "original_size": (h, w), "input_size": size}
+        return {"embedding": embedding, "high_res": high_res, "dense_pe": dense_pe, "decoder_cache": cache}
 
     def to_input_frame(self, coords: torch.Tensor, state: dict) -> torch.Tensor:
         h, w = state["original_size"]
@@ -153,14 +191,9 @@ class Sam2Backend:
     @torch.inference_mode()
     def decode(self, state: dict, points: tuple[torch.Tensor, torch.Tensor] | None, boxes: torch.Tensor | None,
                mask_input: torch.Tensor | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        coords, labels = points if points is not None else (None, None)
-        if boxes is not None:
-            corners = boxes.reshape(-1, 2, 2)
-            corner_labels = torch.tensor([[2, 3]], dtype=torch.int32, device=corners.device).expand(len(corners), -1)
-            coords = corners if coords is None else torch.cat([corners, coords.expand(len(corners), -1, -1)], dim=1)
-            labels = corner_labels if labels is None else torch.cat([corner_labels, labels.expand(len(corners), -1)],
-                                                                    dim=1)
-        sparse, dense = self.model.sam_prompt_encoder((coords, labels), None, mask_input)
+        coords, labels = prompts_as_points(points, boxes, pad=False)  # the prompt encoder pads
+        sparse, dense = self.model.sam_prompt_encoder((coords, labels) if coords is not None else None, None,
+                                                      mask_input)
         cache = state["decoder_cache"] if mask_input is None else None
         out = self.model.sam_mask_decoder(state["embedding"], state["dense_pe"], sparse, dense,
                                           multimask_output=multimask, high_res_features=state["high_res"],
@@ -180,6 +213,8 @@ def backend_for(model) -> SamBackend | Sam2Backend:
         return SamBackend(model)
     if isinstance(model, Sam2):
         return Sam2Backend(model)
+    if hasattr(model, "image_backend"):  # a model of another runtime (maskml.export.runtime) brings its own
+        return model.image_backend()
     raise MaskmlError(f"{type(model).__name__} is not an image segmentation model "
                       f"(use a SAM, MobileSAM or SAM 2 model from maskml.load_model)")
 
@@ -193,7 +228,7 @@ class ImagePredictor:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.model.device
 
     def set_image(self, image) -> None:
         """Compute the image embedding; every later predict() only runs the decoder."""

@@ -67,16 +67,16 @@ class MaskDecoder(nn.Module):
         """image_embeddings (1 or B, C, h, w); image_pe (1, C, h, w); sparse (B, N, C); dense (1 or B, C, h, w).
         A batch of 1 is shared by all B prompts. image_cache: transformer.image_cache(image_embeddings +
         dense, image_pe), valid while the dense embedding is the same for every prompt (no mask prompt)."""
-        stability_fallback = not multimask_output and self.dynamic_multimask_via_stability and not self.training
+        use_fallback = not multimask_output and self.dynamic_multimask_via_stability and not self.training
         if multimask_output:
             wanted = slice(1, None)
         else:
-            wanted = slice(None) if stability_fallback else slice(0, 1)
+            wanted = slice(None) if use_fallback else slice(0, 1)
         masks, iou_pred, mask_tokens_out, object_score_logits = self._predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, high_res_features,
             image_cache, wanted)
-        if stability_fallback:
-            masks, iou_pred = self._stability_fallback(masks, iou_pred)
+        if use_fallback:
+            masks, iou_pred = stability_fallback(masks, iou_pred, self.stability_delta, self.stability_thresh)
         else:
             iou_pred = iou_pred[:, wanted]
         if multimask_output and self.use_multimask_token_for_obj_ptr:
@@ -122,18 +122,38 @@ class MaskDecoder(nn.Module):
             object_score_logits = iou_pred.new_full((iou_pred.shape[0], 1), 10.0)
         return masks, iou_pred, mask_tokens_out, object_score_logits
 
-    def _stability_fallback(self, masks: torch.Tensor, iou_pred: torch.Tensor):
-        """Single-mask output that falls back to the best multimask output when token 0 is unstable."""
-        multi_masks, multi_iou = masks[:, 1:], iou_pred[:, 1:]
-        best = multi_iou.argmax(dim=-1)
-        rows = torch.arange(masks.shape[0], device=masks.device)
-        best_masks = multi_masks[rows, best].unsqueeze(1)
-        best_iou = multi_iou[rows, best].unsqueeze(1)
-        single_masks, single_iou = masks[:, :1], iou_pred[:, :1]
-        flat = single_masks.flatten(-2)
-        area_inner = (flat > self.stability_delta).sum(-1).float()
-        area_outer = (flat > -self.stability_delta).sum(-1).float()
-        stability = torch.where(area_outer > 0, area_inner / area_outer, 1.0)
-        stable = stability >= self.stability_thresh
-        return (torch.where(stable[..., None, None], single_masks, best_masks),
-                torch.where(stable, single_iou, best_iou))
+    @property
+    def single_mask_stability(self) -> tuple[float, float] | None:
+        """(delta, threshold) of the single-mask stability fallback, None without it."""
+        if not self.dynamic_multimask_via_stability:
+            return None
+        return self.stability_delta, self.stability_thresh
+
+
+def stability_fallback(masks: torch.Tensor, iou_pred: torch.Tensor, delta: float, thresh: float):
+    """Single-mask output that falls back to the best multimask output when token 0 is unstable.
+    masks (B, 4, h, w) and iou_pred (B, 4) of all mask tokens -> (B, 1, h, w), (B, 1)."""
+    multi_masks, multi_iou = masks[:, 1:], iou_pred[:, 1:]
+    best = multi_iou.argmax(dim=-1)
+    rows = torch.arange(masks.shape[0], device=masks.device)
+    best_masks = multi_masks[rows, best].unsqueeze(1)
+    best_iou = multi_iou[rows, best].unsqueeze(1)
+    single_masks, single_iou = masks[:, :1], iou_pred[:, :1]
+    flat = single_masks.flatten(-2)
+    area_inner = (flat > delta).sum(-1).float()
+    area_outer = (flat > -delta).sum(-1).float()
+    stability = torch.where(area_outer > 0, area_inner / area_outer, 1.0)
+    stable = stability >= thresh
+    return (torch.where(stable[..., None, None], single_masks, best_masks),
+            torch.where(stable, single_iou, best_iou))
+
+
+def select_masks(masks: torch.Tensor, iou_pred: torch.Tensor, multimask: bool,
+                 stability: tuple[float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outputs MaskDecoder.forward returns, chosen from those of all mask tokens (as an exported
+    decoder graph gives them): tokens 1-3 for multimask output, else token 0 (or its stability fallback)."""
+    if multimask:
+        return masks[:, 1:], iou_pred[:, 1:]
+    if stability is not None:
+        return stability_fallback(masks, iou_pred, *stability)
+    return masks[:, :1], iou_pred[:, :1]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from maskml.models.sam.image_encoder import ImageEncoderViT
@@ -37,6 +38,14 @@ class Sam(nn.Module):
     def embed_image(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, image_size, image_size) normalised, padded images -> (B, 256, 64, 64)."""
         return self.image_encoder(image)
+
+    def embed_resized(self, image: torch.Tensor) -> torch.Tensor:
+        """(1, 3, h, w) float image on the 0-255 scale, resized so its longest side is image_size ->
+        (1, 256, 64, 64). Normalisation and padding happen here so that the exported encoder graph,
+        traced from this method, includes them."""
+        x = (image - self.pixel_mean) / self.pixel_std
+        x = F.pad(x, (0, self.image_size - image.shape[-1], 0, self.image_size - image.shape[-2]))
+        return self.embed_image(x)
 
 
 def build_sam(encoder: str = "vit", embed_dim: int = 768, depth: int = 12, num_heads: int = 12,

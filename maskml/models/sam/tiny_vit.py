@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.common import (ConvBNCache, InferenceCache, add_inplace, gelu_inplace, is_inference, window_partition,
-                                  window_regions)
+from maskml.models.common import (ConvBNCache, InferenceCache, add_inplace, capturing_graph, ceil_div, gelu_inplace, is_inference,
+                                  window_partition, window_regions, window_unpartition)
 
 
 class Conv2d_BN(ConvBNCache):
@@ -154,8 +154,11 @@ class TinyViTBlock(nn.Module):
         """(B, H, W, C) -> (B, H, W, C)."""
         b, h, w, c = x.shape
         ws = self.window_size
-        nh, nw = -(-h // ws), -(-w // ws)
-        out = self.attn(window_partition(x, ws)).view(b, nh, nw, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+        nh, nw = ceil_div(h, ws), ceil_div(w, ws)
+        windows = self.attn(window_partition(x, ws))
+        if capturing_graph():
+            return self._local_conv_and_mlp(x + window_unpartition(windows, ws, b, h, w))
+        out = windows.view(b, nh, nw, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
         regions = list(window_regions(b, h, w, c, ws))
         # x + attention, read back from the window grid in the same pass
         y = torch.empty_like(x)
@@ -164,6 +167,9 @@ class TinyViTBlock(nn.Module):
                 torch.add(x[image].view(shape), out[window], out=y[image].view(shape))
             else:  # out= records no graph
                 y[image].view(shape).copy_(x[image].view(shape) + out[window])
+        return self._local_conv_and_mlp(y)
+
+    def _local_conv_and_mlp(self, y: torch.Tensor) -> torch.Tensor:
         y = self.local_conv(y)
         z = self.mlp(y)
         return add_inplace(z, y)

@@ -97,6 +97,13 @@ class Sam2(nn.Module):
         decoder = self.sam_mask_decoder
         return FrameFeatures(fpn[2], pos[2][:1], [decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])])
 
+    def embed_resized(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(1, 3, 1024, 1024) float image on the 0-1 scale -> the single-image ("no memory") embedding
+        (1, 256, 64, 64) and the decoder's high-resolution features. Normalisation happens here so
+        that the exported encoder graph, traced from this method, includes it."""
+        features = self.encode_image((image - self.pixel_mean) / self.pixel_std)
+        return self.attend_memory(features, [], [], 0), features.high_res
+
     def predict_masks(self, embedding: torch.Tensor, high_res: list[torch.Tensor], points: torch.Tensor | None = None,
                       labels: torch.Tensor | None = None, mask_logits: torch.Tensor | None = None,
                       multimask: bool = False, decoder_cache: dict | None = None) -> HeadOutput:

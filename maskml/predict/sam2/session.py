@@ -117,6 +117,9 @@ class VideoSession:
         (T, H, W, 3) uint8 RGB. keep_window: see the module docstring (>= 16 for the official results).
         cached_frames: backbone features of this many recently used frames are kept (16 MB each at 1024),
         so going back and forth over a stretch of video does not encode its frames again."""
+        if getattr(model, "backend", "torch") != "torch":
+            raise MaskmlError(f"SAM 2 video is not yet available on {model.backend}: the video graphs (memory "
+                              f"attention, memory encoder) are not exported yet; load the model with backend='torch'")
         if not isinstance(model, Sam2):
             raise MaskmlError(f"VideoSession needs a SAM 2 model (e.g. maskml.load_model('sam2.1_hiera_t')), "
                               f"got {type(model).__name__}")

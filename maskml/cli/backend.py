@@ -1,0 +1,20 @@
+"""`--backend` and `--providers`: the options that run a command's model on ONNX Runtime."""
+from __future__ import annotations
+
+
+def add_backend_arguments(parser) -> None:
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                        help="torch (default), or onnxruntime with --checkpoint a folder written by `maskml export`")
+    parser.add_argument("--providers", metavar="NAME[,NAME]",
+                        help="with --backend onnxruntime: execution providers in order of preference "
+                             "(default CPUExecutionProvider; e.g. CUDAExecutionProvider,CPUExecutionProvider)")
+
+
+def backend_options(args) -> dict:
+    """load_model's keyword arguments for the backend chosen on the command line."""
+    from maskml.errors import MaskmlError
+
+    if args.providers and args.backend != "onnxruntime":
+        raise MaskmlError("--providers applies to --backend onnxruntime only")
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
+    return {"backend": args.backend, "providers": providers}

@@ -1,0 +1,38 @@
+"""`maskml export`: ONNX graphs of a model, for ONNX Runtime (`--backend onnxruntime`) or any deployment."""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  maskml export mobile_sam --out mobile_sam_onnx
+  maskml export mobile_sam --out mobile_sam_int8 --quantize int8
+  maskml export sam2.1_hiera_t --checkpoint sam2.1_hiera_tiny.pt --out sam2_onnx --opset 17
+then:
+  maskml segment truck.jpg --model mobile_sam --checkpoint mobile_sam_onnx --backend onnxruntime --point 500,375 \\
+      --out mask.png
+"""
+
+
+def register(subparsers) -> None:
+    from maskml.export import DEFAULT_OPSET, QUANTIZATIONS
+
+    p = subparsers.add_parser("export", help="export a model's graphs to ONNX (for ONNX Runtime or deployment)",
+                              description="Write the model's encoder and prompt decoder graphs and a manifest.json "
+                                          "(model, maskml version, opset, input conventions, SHA-256 of every "
+                                          "file) into a folder. Needs the [onnx] extra: pip install maskml[onnx].",
+                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model name: sam_vit_b/l/h, mobile_sam, sam2*/sam2.1* (image mode)")
+    p.add_argument("--checkpoint", help="checkpoint file (default: the official file from the cache, downloaded once)")
+    p.add_argument("--out", required=True, help="folder for the graphs: new, empty, or an earlier export of this model")
+    p.add_argument("--quantize", choices=QUANTIZATIONS,
+                   help="int8: the encoder's matrix products with int8 weights (onnxruntime dynamic quantization)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from maskml.export import MANIFEST
+    from maskml.export.exporter import export_model
+
+    out = export_model(args.model, args.out, checkpoint=args.checkpoint, quantize=args.quantize, opset=args.opset)
+    print(f"{args.model} -> {out}/ (encoder.onnx, decoder.onnx, {MANIFEST})")

@@ -1,0 +1,29 @@
+"""Deployment: `maskml export` writes ONNX graphs of a model (maskml.export.exporter); the ONNX Runtime
+backend runs them behind maskml's predictors (maskml.export.runtime). Both need the [onnx] extra."""
+from __future__ import annotations
+
+import importlib
+
+from maskml.errors import MaskmlError
+
+MANIFEST = "manifest.json"
+DEFAULT_OPSET = 17
+OPSETS = range(14, 21)  # the graphs' operators need >= 14; the TorchScript exporter stops at 20
+QUANTIZATIONS = ("int8",)
+FORMAT = "maskml-onnx"
+IMAGE_FAMILIES = ("sam", "sam2")
+NOT_YET_EXPORTABLE = {
+    "cutie": "Cutie's per-frame graphs (image encoding, mask encoding, memory read-out with a memory of dynamic "
+             "length) are not written yet; export an image model (sam_vit_*, mobile_sam, sam2*) instead",
+}
+
+
+def require_onnx(*modules: str) -> None:
+    """Import check for the optional [onnx] extra, with the one command that fixes it."""
+    for module in modules or ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise MaskmlError(f"ONNX export and the onnxruntime backend need the {module} package: "
+                              f"pip install maskml[onnx]") from None
+

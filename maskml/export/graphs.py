@@ -1,0 +1,74 @@
+"""The computations that `maskml export` traces into ONNX graphs, built from the same model methods
+and functions the PyTorch backends call (maskml.predict.image), so each step is written once.
+
+Encoder graph: the resized image (see ENCODER_INPUT) -> image embeddings (+ SAM 2's high-resolution
+features); normalisation (and SAM's padding) inside, the Pillow-exact resize outside (in Python,
+maskml.predict.resize: an integer-exact resample that ONNX Resize does not reproduce).
+Decoder graph: embeddings, points (B, N, 2) in the 1024 input frame with labels (B, N) (1 object,
+0 background, 2 / 3 box corners, -1 padding), mask_input (B, 1, 256, 256) with has_mask_input (1,),
+orig_im_size (2,) = (h, w) -> masks (B, 4, h, w) logits at the original size, iou_predictions (B, 4),
+low_res_masks (B, 4, 256, 256): the outputs of all four mask tokens, chosen from in Python
+(maskml.models.sam.mask_decoder.select_masks) or by the deployment's own code.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskml.predict.image import upscale_sam_logits
+
+ENCODER_INPUT = {
+    "sam": "float32 (1, 3, h, w): the RGB image resized (Pillow BILINEAR on uint8) so that its longest side is "
+           "1024, values 0-255, not normalised, not padded",
+    "sam2": "float32 (1, 3, 1024, 1024): the RGB image / 255 resized to 1024 x 1024 (bilinear, antialiased, "
+            "aspect ratio not kept), values 0-1, not normalised",
+}
+
+
+class SamEncoderGraph(nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_resized(image)
+
+
+class Sam2EncoderGraph(SamEncoderGraph):
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        embedding, (high_res_0, high_res_1) = self.model.embed_resized(image)
+        return embedding, high_res_0, high_res_1
+
+
+class DecoderGraph(nn.Module):
+    """Prompt encoder + mask decoder (+ upscaling to the original size) for one family."""
+
+    def __init__(self, model, family: str) -> None:
+        super().__init__()
+        self.family = family
+        self.image_size = model.image_size
+        self.prompt_encoder = model.prompt_encoder if family == "sam" else model.sam_prompt_encoder
+        self.mask_decoder = model.mask_decoder if family == "sam" else model.sam_mask_decoder
+
+    def forward(self, image_embeddings, *inputs):
+        if self.family == "sam2":
+            high_res_0, high_res_1, *inputs = inputs
+            high_res = [high_res_0, high_res_1]
+        else:
+            high_res = None
+        point_coords, point_labels, mask_input, has_mask_input, orig_im_size = inputs
+        sparse = self.prompt_encoder._embed_points(point_coords, point_labels, pad=False)
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = has_mask_input * self.prompt_encoder.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
+        low_res, iou_pred, _, _ = self.mask_decoder._predict_masks(
+            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, high_res, None)
+        h, w = orig_im_size[0], orig_im_size[1]
+        if self.family == "sam":
+            # in float64, as longest_side_shape computes it in Python, so the rounding agrees
+            scale = self.image_size / torch.maximum(h, w).double()
+            input_size = ((h.double() * scale + 0.5).long(), (w.double() * scale + 0.5).long())
+            masks = upscale_sam_logits(low_res, (h, w), input_size, self.image_size)
+        else:
+            masks = F.interpolate(low_res, (h, w), mode="bilinear", align_corners=False)
+        return masks, iou_pred, low_res
