@@ -106,6 +106,41 @@ class ToyRecipe(Recipe):
         torch.save(model.state_dict(), path)
 
 
+def toy_command(out_dir: Path, overrides: list[str], processes: int = 1, recipe: str = "toy") -> list[str]:
+    """The command line of a training run in a fresh interpreter: this script for the toy recipe, `-m maskml`
+    for the shipped ones; under torchrun (`python -m torch.distributed.run`) with 2+ processes."""
+    program = [str(Path(__file__))] if recipe == "toy" else ["-m", "maskml"]
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+                     str(free_port())]
+    return [*launcher, *program, "train", recipe, "--config-dir", str(CONFIGS), f"trainer.out_dir={out_dir}",
+            *overrides]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    import os
+
+    # one thread per process: the same arithmetic in every run (and no oversubscription of small machines)
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    """log.csv / val.csv rows without the timing column (which differs from run to run)."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k != "steps_per_s"} for row in csv.DictReader(f)]
+
+
 if __name__ == "__main__":
     from maskml.cli import main
 

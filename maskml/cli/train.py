@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> None:
         return
     try:
         model_path = Trainer(cfg, recipe_class(cfg)).fit()
+        if distributed.is_main():
+            print(f"trained weights: {model_path}")
     finally:
         distributed.cleanup()
-    if distributed.is_main():
-        print(f"trained weights: {model_path}")

@@ -143,10 +143,27 @@ def freeze(model: nn.Module, names: list[str]) -> list[nn.Module]:
     return frozen
 
 
-def _checkpointed_forward(forward, *args, **kwargs):
+@contextlib.contextmanager
+def _batch_norm_stats_kept(module: nn.Module):
+    """Undo the running-statistics update of BatchNorm layers (TinyViT's) in the block's recomputed forward:
+    the statistics were updated once already, in the first forward."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+             and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        for m, (mean, var, count) in zip(norms, saved):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+
+
+def _checkpointed_forward(block: nn.Module, forward, *args, **kwargs):
     if not torch.is_grad_enabled():
         return forward(*args, **kwargs)
-    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    contexts = lambda: (contextlib.nullcontext(), _batch_norm_stats_kept(block))  # noqa: E731 - (forward, recompute)
+    return checkpoint(forward, *args, use_reentrant=False, context_fn=contexts, **kwargs)
 
 
 def enable_activation_checkpointing(encoder: nn.Module) -> int:
@@ -154,7 +171,7 @@ def enable_activation_checkpointing(encoder: nn.Module) -> int:
     number of blocks. The blocks' forward is wrapped in place, so the module tree and state dict keys stay."""
     blocks = encoder_blocks(encoder)
     for block in blocks:
-        block.forward = functools.partial(_checkpointed_forward, block.forward)
+        block.forward = functools.partial(_checkpointed_forward, block, block.forward)
     return len(blocks)
 
 
@@ -324,6 +341,7 @@ class Trainer:
                               "checkpoint; ignored", stacklevel=2)
         if state:
             model.load_state_dict(state["model"])
+        torch.manual_seed(item_seed(int(cfg.seed), -1, dist.rank()))  # e.g. dropout: other masks on each rank
         model.to(device)
         step_module = TrainingStep(model, recipe)
         ddp = None
@@ -346,19 +364,16 @@ class Trainer:
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             best = state["best"]
-            if len(state["rng"]) == dist.world_size():
-                set_rng_state(state["rng"][dist.rank()])
-            elif main:
-                warnings.warn(f"resuming with {dist.world_size()} processes instead of {len(state['rng'])}: "
-                              f"global random states are not restored (per-item data seeds still are)", stacklevel=2)
 
         train_data = recipe.train_dataset()
         val_data = recipe.val_dataset()
         max_steps = int(tr.max_steps)
         batches = StepBatches(len(train_data), int(tr.batch_size), int(tr.grad_accum), int(cfg.seed), start,
                               max_steps)
+        # The loader's own generator: creating its iterator must not draw from the global random state
         loader = DataLoader(SeededItems(train_data), batch_sampler=batches, collate_fn=recipe.collate,
-                            num_workers=int(tr.num_workers), pin_memory=device.type == "cuda")
+                            num_workers=int(tr.num_workers), pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(int(cfg.seed)))
         stream = iter(loader)
 
         log = CsvLog(self.out_dir / "log.csv", start if state else None) if main else None
@@ -397,10 +412,17 @@ class Trainer:
                 save_checkpoint(self.out_dir / "checkpoints" / "best.pt",
                                 {"step": step, "model": model.state_dict(), "best": dict(best)})
 
+        if state:  # last, so that nothing done since the checkpoint's step draws from the restored states
+            if len(state["rng"]) == dist.world_size():
+                set_rng_state(state["rng"][dist.rank()])
+            elif main:
+                warnings.warn(f"resuming with {dist.world_size()} processes instead of {len(state['rng'])}: "
+                              f"global random states are not restored (per-item data seeds still are)", stacklevel=2)
         train_mode()
         window: dict[str, float] = {}
-        window_steps, window_start = 0, time.perf_counter()
+        window_steps, window_seconds = 0, 0.0
         for step in range(start, max_steps):
+            step_start = time.perf_counter()
             factor = lr_factor(step, max_steps, cfg.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
@@ -421,6 +443,7 @@ class Trainer:
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
+            window_seconds += time.perf_counter() - step_start
 
             for k, v in totals.items():
                 window[k] = window.get(k, 0.0) + v
@@ -432,9 +455,9 @@ class Trainer:
             if done % int(tr.log_every) == 0 or done == max_steps:
                 names = sorted(window)
                 means = dist.all_reduce_mean(torch.stack([torch.as_tensor(window[k]) for k in names]) / window_steps)
-                elapsed = time.perf_counter() - window_start
                 row = {"step": done, "lr": _fmt(max(g["lr"] for g in optimizer.param_groups)),
-                       **{k: _fmt(v) for k, v in zip(names, means.tolist())}, "steps_per_s": _fmt(window_steps / elapsed)}
+                       **{k: _fmt(v) for k, v in zip(names, means.tolist())},
+                       "steps_per_s": _fmt(window_steps / window_seconds)}  # training only: no validation, saving
                 if not math.isfinite(float(row["loss"])):
                     raise MaskmlError(f"the loss became {row['loss']} by step {done}; lower optim.lr or set "
                                       f"trainer.clip_grad (the last checkpoint in {self.out_dir} is kept)")
@@ -443,7 +466,7 @@ class Trainer:
                     if board:
                         for k in names + ["lr"]:
                             board.add_scalar(f"train/{k}", float(row[k]), done)
-                window, window_steps, window_start = {}, 0, time.perf_counter()
+                window, window_steps, window_seconds = {}, 0, 0.0
             if val_data is not None and ((tr.val_every and done % int(tr.val_every) == 0) or done == max_steps):
                 validate(done)
             if done % int(tr.ckpt_every) == 0 or done == max_steps:
