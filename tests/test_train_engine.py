@@ -183,7 +183,7 @@ def test_model_without_a_recipe_is_refused(tmp_path):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "tests" / "train_toy.py"), *args], capture_output=True,
-                          text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+                          text=True, cwd=REPO, env=train_toy.subprocess_env())
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

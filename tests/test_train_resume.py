@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from train_toy import read_log, subprocess_env, toy_command
+from train_toy import read_log, sam_finetune_tiny, subprocess_env, toy_command
 from maskml.train.checkpoint import load_checkpoint
 
 # Dropout draws from the global random state (restored per rank); augmentation from per-item seeds (data position)
@@ -70,4 +70,12 @@ def test_two_process_run_killed_resumes_with_every_rank_state(tmp_path):
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
     run(tmp_path / "run", slow, processes=2)
+    assert_same_run(tmp_path / "run", tmp_path / "reference")
+
+
+def test_sam_finetune_killed_resumes_exactly(tmp_path):
+    common = [*sam_finetune_tiny(tmp_path), "trainer.max_steps=7", "trainer.ckpt_every=2", "trainer.batch_size=2"]
+    run(tmp_path / "reference", common, recipe="sam_finetune")
+    kill_mid_run(tmp_path / "run", common, recipe="sam_finetune", after_rows=3)
+    run(tmp_path / "run", common, recipe="sam_finetune")
     assert_same_run(tmp_path / "run", tmp_path / "reference")

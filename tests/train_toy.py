@@ -118,6 +118,18 @@ def toy_command(out_dir: Path, overrides: list[str], processes: int = 1, recipe:
             *overrides]
 
 
+def sam_finetune_tiny(tmp: Path) -> list[str]:
+    """Overrides that make the real sam_finetune recipe take about a second a step here: MobileSAM from its
+    seeded random weights at 64 px, on 4 synthetic images written to tmp/synth (once)."""
+    from maskml.train.data.synth import SynthConfig, generate
+
+    root = tmp / "synth"
+    if not root.is_dir():
+        generate(root, SynthConfig(images=4, seed=0, width=96, height=64, max_objects=3), progress=False)
+    return [f"data.root={root / 'images'}", "model.image_size=64", "recipe.max_objects=2",
+            "recipe.correction_rounds=2", "trainer.num_workers=0", "trainer.log_every=1", "trainer.progress=false"]
+
+
 def free_port() -> int:
     import socket
 
