@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -101,14 +100,29 @@ class SA1BSource(Source):
 
 
 def _polygons_to_mask(polygons: list[list[float]], h: int, w: int) -> torch.Tensor:
-    """COCO polygons (flat x, y lists, pixel-edge coordinates) filled as one mask (OpenCV at the I/O edge)."""
-    canvas = np.zeros((h, w), np.uint8)
-    shift = 4  # sub-pixel vertices: fillPoly takes fixed-point coordinates
-    points = [np.round((np.asarray(p, np.float64).reshape(-1, 2) - 0.5) * (1 << shift)).astype(np.int32)
-              for p in polygons if len(p) >= 6]
-    if points:
-        cv2.fillPoly(canvas, points, 1, lineType=cv2.LINE_8, shift=shift)
-    return torch.from_numpy(canvas.astype(bool))
+    """COCO polygons (flat x, y lists in pixel-edge coordinates: pixel (i, j) spans [j, j + 1] x [i, i + 1]) ->
+    (h, w) bool: the pixels whose centre lies inside any of them (even-odd rule), tested within each bounding box."""
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    for polygon in polygons:
+        points = torch.as_tensor(polygon, dtype=torch.float64).reshape(-1, 2)
+        if len(points) < 3:
+            continue
+        x0, y0 = (points.amin(0).floor().clamp(min=0)).long().tolist()
+        x1 = int(min(w, points[:, 0].max().ceil()))
+        y1 = int(min(h, points[:, 1].max().ceil()))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        py = (torch.arange(y0, y1, dtype=torch.float64) + 0.5)[:, None]
+        px = (torch.arange(x0, x1, dtype=torch.float64) + 0.5)[None, :]
+        inside = torch.zeros(y1 - y0, x1 - x0, dtype=torch.bool)
+        for (xa, ya), (xb, yb) in zip(points.tolist(), points.roll(-1, 0).tolist()):
+            if ya == yb:
+                continue  # a horizontal edge never crosses a pixel row's ray
+            crosses = (ya > py) != (yb > py)
+            x_cross = xa + (py - ya) * (xb - xa) / (yb - ya)
+            inside ^= crosses & (px < x_cross)
+        mask[y0:y1, x0:x1] |= inside
+    return mask
 
 
 def coco_segmentation_mask(segmentation, h: int, w: int) -> torch.Tensor:

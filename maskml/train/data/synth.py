@@ -97,7 +97,7 @@ def _texture(g: torch.Generator, size: int, photos: list[torch.Tensor]) -> torch
     crop = _randint(g, max(8, min(ph, pw) // 6), min(ph, pw))
     y0, x0 = _randint(g, 0, ph - crop), _randint(g, 0, pw - crop)
     patch = photo[:, y0:y0 + crop, x0:x0 + crop][None]
-    return F.interpolate(patch, (size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    return F.interpolate(patch, (size, size), mode="bilinear", align_corners=False)[0]  # aliasing is texture too
 
 
 def _shape(kind: str, g: torch.Generator) -> dict:
@@ -170,10 +170,15 @@ def _render(objects: list[_Object], background: torch.Tensor, t: int) -> tuple[t
     image = background.clone()
     _, h, w = image.shape
     ids = torch.zeros(h, w, dtype=torch.int64)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5,
-                            indexing="ij")
     for k, obj in enumerate(objects):
         cx, cy, radius, angle = obj.pose(t)
+        reach = radius * math.sqrt(2)  # the object's square, turned, stays within this distance of its centre
+        x0, x1 = max(0, math.floor(cx - reach)), min(w, math.ceil(cx + reach))
+        y0, y1 = max(0, math.floor(cy - reach)), min(h, math.ceil(cy + reach))
+        if x1 <= x0 or y1 <= y0:
+            continue  # outside the frame
+        ys, xs = torch.meshgrid(torch.arange(y0, y1, dtype=torch.float32) + 0.5,
+                                torch.arange(x0, x1, dtype=torch.float32) + 0.5, indexing="ij")
         dx, dy = (xs - cx) / radius, (ys - cy) / radius
         cos, sin = math.cos(angle), math.sin(angle)
         u, v = cos * dx + sin * dy, -sin * dx + cos * dy
@@ -183,8 +188,9 @@ def _render(objects: list[_Object], background: torch.Tensor, t: int) -> tuple[t
         grid = torch.stack([u, v], dim=-1)[None]
         colour = F.grid_sample(obj.texture[None], grid, mode="bilinear", padding_mode="reflection",
                                align_corners=False)[0]
-        image = torch.where(inside, colour, image)
-        ids[inside] = k + 1
+        window = image[:, y0:y1, x0:x1]
+        image[:, y0:y1, x0:x1] = torch.where(inside, colour, window)
+        ids[y0:y1, x0:x1][inside] = k + 1
     return image, ids
 
 
