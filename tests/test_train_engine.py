@@ -27,7 +27,8 @@ REPO = Path(__file__).parents[1]
 
 
 def toy_config(out_dir: Path, *overrides: str):
-    return compose_train_config("toy", [f"trainer.out_dir={out_dir}", *overrides], (CONFIGS,))
+    return compose_train_config("toy", [f"trainer.out_dir={out_dir}", train_toy.device_override(), *overrides],
+                                (CONFIGS,))
 
 
 def train(out_dir: Path, *overrides: str) -> dict[str, torch.Tensor]:
@@ -195,12 +196,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (["train", "toy", config_dir, "schedule=linear"],
          "Could not find 'schedule/linear' Available options in 'schedule': constant, cosine, step"),
         (["train", "toy", config_dir, "model=cutie_base"], "Could not find 'model/cutie_base'"),
+        (["train", "sam_finetune", "model=cutie_base"],
+         "Could not find 'model/cutie_base' Available options in 'model': mobile_sam, "),
+        (["train", "sam_finetune", "model.name=cutie_base", f"trainer.out_dir={tmp_path / 'never'}"],
+         "recipe sam_finetune does not train cutie_base .*no recipe for it exists yet; sam_finetune trains "),
     ]
     for argv, message in cases:
         assert cli_main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("maskml train: error: "), err
         assert re.search(message, err), err
+    assert not (tmp_path / "never").exists()
 
 
 def test_cli_help_lists_recipes_and_groups_and_runs_in_a_subprocess(tmp_path):

@@ -6,6 +6,7 @@ Run as a script it is the `maskml` command with this recipe registered (for torc
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,14 @@ from maskml.train import distributed
 from maskml.train.recipes import Recipe, register_recipe
 
 CONFIGS = Path(__file__).parent / "fixtures" / "train_configs"
+# The device the training tests train on: cpu, unless benchmarks/gpu_check.py asks for cuda
+DEVICE = os.environ.get("MASKML_TRAIN_TEST_DEVICE", "cpu")
+
+
+def device_override(processes: int = 1) -> str:
+    """trainer.device for a run of `processes` processes: NCCL needs a GPU per process, else gloo on the CPU."""
+    cuda = DEVICE == "cuda" and torch.cuda.device_count() >= processes
+    return f"trainer.device={'cuda' if cuda else 'cpu'}"
 
 
 class ToyBlock(nn.Module):
@@ -103,7 +112,7 @@ class ToyRecipe(Recipe):
         return {"mse": mse, "score": -mse}
 
     def export(self, model: nn.Module, path: Path) -> None:
-        torch.save(model.state_dict(), path)
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
 
 
 def toy_command(out_dir: Path, overrides: list[str], processes: int = 1, recipe: str = "toy") -> list[str]:
@@ -115,7 +124,7 @@ def toy_command(out_dir: Path, overrides: list[str], processes: int = 1, recipe:
         launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
                      str(free_port())]
     return [*launcher, *program, "train", recipe, "--config-dir", str(CONFIGS), f"trainer.out_dir={out_dir}",
-            *overrides]
+            device_override(processes), *overrides]
 
 
 def sam_finetune_tiny(tmp: Path) -> list[str]:
@@ -127,7 +136,8 @@ def sam_finetune_tiny(tmp: Path) -> list[str]:
     if not root.is_dir():
         generate(root, SynthConfig(images=4, seed=0, width=96, height=64, max_objects=3), progress=False)
     return [f"data.root={root / 'images'}", "model.image_size=64", "recipe.max_objects=2",
-            "recipe.correction_rounds=2", "trainer.num_workers=0", "trainer.log_every=1", "trainer.progress=false"]
+            "recipe.correction_rounds=2", "trainer.num_workers=0", "trainer.log_every=1", "trainer.progress=false",
+            "trainer.precision=fp32"]
 
 
 def free_port() -> int:
@@ -139,8 +149,6 @@ def free_port() -> int:
 
 
 def subprocess_env() -> dict[str, str]:
-    import os
-
     # one thread per process: the same arithmetic in every run (and no oversubscription of small machines)
     return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
 
