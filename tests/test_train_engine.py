@@ -4,8 +4,10 @@ own files)."""
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -196,6 +198,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (["train", "toy", config_dir, "schedule=linear"],
          "Could not find 'schedule/linear' Available options in 'schedule': constant, cosine, step"),
         (["train", "toy", config_dir, "model=cutie_base"], "Could not find 'model/cutie_base'"),
+        (["train", "toy", config_dir, "optim.lr=abc", "trainer.max_steps=1.5"],
+         r"optim.lr=abc \(expected a number\); trainer.max_steps=1.5 \(expected an integer\)"),
+        (["train", "toy", config_dir, "trainer.batch_size=0", f"trainer.out_dir={tmp_path / 'never'}"],
+         "trainer.batch_size=0: it must be at least 1"),
         (["train", "sam_finetune", "model=cutie_base"],
          "Could not find 'model/cutie_base' Available options in 'model': mobile_sam, "),
         (["train", "sam_finetune", "model.name=cutie_base", f"trainer.out_dir={tmp_path / 'never'}"],
@@ -214,6 +220,8 @@ def test_cli_help_lists_recipes_and_groups_and_runs_in_a_subprocess(tmp_path):
     assert result.returncode == 0
     assert "recipes: " in result.stdout and "toy" in result.stdout
     assert "schedule  constant, cosine, step" in result.stdout and "optim     adamw" in result.stdout
+    result = run_cli("train", "toy", "--config-dir", str(CONFIGS), "trainer.max_steps=7", "--print-config")
+    assert result.returncode == 0 and OmegaConf.create(result.stdout).trainer.max_steps == 7
     result = run_cli("train", "toy", "--config-dir", str(CONFIGS), f"trainer.out_dir={tmp_path / 'r'}",
                      "trainer.max_steps=2")
     assert result.returncode == 0, result.stderr
@@ -233,3 +241,30 @@ def test_out_of_memory_names_the_options_and_keeps_checkpoints(tmp_path, monkeyp
                                           "activation_checkpointing.*trainer.freeze.*are kept"):
         train(out, "trainer.max_steps=4")
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_ctrl_c_stops_with_one_line_and_the_run_continues(tmp_path):
+    out = tmp_path / "run"
+    command = train_toy.toy_command(out, ["trainer.max_steps=40", "recipe.step_seconds=0.1", "trainer.ckpt_every=1"])
+    process = subprocess.Popen(command, env=train_toy.subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    while not (out / "checkpoints" / "last.pt").is_file():
+        assert process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err == "maskml train: interrupted; run the same command again to continue from the last checkpoint\n"
+    assert train_toy.read_log(out / "log.csv")  # what it logged is kept
+
+
+def test_tensorboard_log_or_a_message_saying_what_to_install(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(MaskmlError, match="needs the tensorboard package: pip install tensorboard"):
+            train(tmp_path / "run", "trainer.max_steps=2", "trainer.tensorboard=true")
+        assert not (tmp_path / "run").exists()  # refused before anything was written
+    else:
+        train(tmp_path / "run", "trainer.max_steps=2", "trainer.tensorboard=true")
+        assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maskml {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"maskml {args.command}: interrupted; no partial output was kept", file=sys.stderr)
+        kept = getattr(args, "on_interrupt", "no partial output was kept")
+        print(f"maskml {args.command}: interrupted; {kept}", file=sys.stderr)
         return 130
     return 0
 

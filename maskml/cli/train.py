@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument("--config-dir", action="append", type=Path, default=[], metavar="DIR",
                         help="a folder of extra config options, laid out like the groups (DIR/data/mine.yaml ...)")
     parser.add_argument("--print-config", action="store_true", help="print the composed config and exit")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, on_interrupt="run the same command again to continue from the last checkpoint")
 
 
 def run(args: argparse.Namespace) -> None:

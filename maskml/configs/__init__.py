@@ -56,6 +56,36 @@ def _unknown_key_hint(message: str, overrides: list[str], cfg_without: DictConfi
     return ""
 
 
+def config_leaves(cfg: DictConfig) -> dict[str, object]:
+    """{dotted key: value} of every leaf (a list counts as one value)."""
+    def walk(node, prefix: str):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from walk(value, f"{prefix}{key}.")
+        else:
+            yield prefix[:-1], node
+
+    return dict(walk(OmegaConf.to_container(cfg), ""))
+
+
+def _type_errors(cfg: DictConfig, defaults: DictConfig) -> list[str]:
+    """'key=value (expected ...)' for each value whose type does not fit the default's (null always fits: off)."""
+    given = config_leaves(cfg)
+    errors = []
+    for key, default in config_leaves(defaults).items():
+        value = given.get(key)
+        if value is None or default is None:
+            continue
+        if isinstance(default, bool) and not isinstance(value, bool):
+            errors.append(f"{key}={value} (expected true or false)")
+        elif isinstance(default, int) and not isinstance(default, bool) and (
+                not isinstance(value, int) or isinstance(value, bool)):
+            errors.append(f"{key}={value} (expected an integer)")
+        elif isinstance(default, float) and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            errors.append(f"{key}={value} (expected a number)")
+    return errors
+
+
 def compose_train_config(recipe: str, overrides: list[str] = (), config_dirs: tuple[Path, ...] = ()) -> DictConfig:
     """The composed config of `maskml train RECIPE OVERRIDES...`, with interpolations resolved."""
     overrides = list(overrides)
@@ -66,7 +96,9 @@ def compose_train_config(recipe: str, overrides: list[str] = (), config_dirs: tu
         try:
             cfg = compose("train", overrides=extra + overrides)
             OmegaConf.resolve(cfg)
-            return cfg
+            # the types to expect: those of the same options' defaults (group choices kept, key overrides not)
+            choices = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
+            errors = _type_errors(cfg, compose("train", overrides=extra + choices)) if overrides else []
         except (HydraException, OmegaConfBaseException) as exc:
             message = _first_line(str(exc))
             hint = ""
@@ -77,3 +109,6 @@ def compose_train_config(recipe: str, overrides: list[str] = (), config_dirs: tu
                 except (HydraException, OmegaConfBaseException):
                     pass
             raise MaskmlError(f"bad training config: {message}{hint}") from None
+    if errors:
+        raise MaskmlError(f"bad training config: {'; '.join(errors)}")
+    return cfg

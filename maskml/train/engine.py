@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from maskml.configs import config_leaves
 from maskml.errors import MaskmlError
 from maskml.io.images import atomic_path
 from maskml.train import distributed as dist
@@ -200,15 +201,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def config_differences(old: DictConfig, new: DictConfig) -> list[str]:
     """'key: old -> new' for each leaf that differs, except the settings a resumed run may change."""
-    def leaves(node, prefix=""):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                yield from leaves(v, f"{prefix}{k}.")
-        else:
-            yield prefix[:-1], node
-
-    before = dict(leaves(OmegaConf.to_container(old)))
-    after = dict(leaves(OmegaConf.to_container(new)))
+    before, after = config_leaves(old), config_leaves(new)
     return [f"{k}: {before.get(k, '(absent)')} -> {after.get(k, '(absent)')}"
             for k in sorted(set(before) | set(after))
             if before.get(k) != after.get(k) and k not in RESUMABLE_CHANGES]
@@ -290,8 +283,31 @@ def _fmt(value: float) -> str:
 
 # ---------------------------------------------------------------------------------------------- the trainer
 
+def _summary_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise MaskmlError("trainer.tensorboard=true needs the tensorboard package: pip install tensorboard "
+                          "(or set trainer.tensorboard=false; log.csv has the same numbers)") from None
+    return SummaryWriter
+
+
+def check_trainer_config(tr: DictConfig) -> None:
+    at_least = {"max_steps": 1, "batch_size": 1, "grad_accum": 1, "log_every": 1, "ckpt_every": 1, "val_every": 0,
+                "num_workers": 0}
+    for key, low in at_least.items():
+        if tr[key] < low:
+            raise MaskmlError(f"trainer.{key}={tr[key]}: it must be at least {low}")
+    if tr.clip_grad is not None and tr.clip_grad <= 0:
+        raise MaskmlError(f"trainer.clip_grad={tr.clip_grad}: give a positive norm, or null for no clipping")
+    if tr.best_mode not in ("max", "min"):
+        raise MaskmlError(f"trainer.best_mode={tr.best_mode}: use max or min")
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, recipe: Recipe | None = None) -> None:
+        check_trainer_config(cfg.trainer)
+        self.summary_writer = _summary_writer_class() if cfg.trainer.tensorboard else None
         self.cfg = cfg
         self.recipe = recipe if recipe is not None else get_recipe(cfg.recipe_name)(cfg)
         self.out_dir = Path(cfg.trainer.out_dir)
@@ -378,7 +394,8 @@ class Trainer:
 
         log = CsvLog(self.out_dir / "log.csv", start if state else None) if main else None
         val_log = CsvLog(self.out_dir / "val.csv", start if state else None) if main else None
-        board = self._tensorboard(start) if main and tr.tensorboard else None
+        board = self.summary_writer(str(self.out_dir / "tensorboard"), purge_step=start) if main and tr.tensorboard \
+            else None
         bar = tqdm(total=max_steps, initial=start, desc=f"train {cfg.recipe_name}", dynamic_ncols=True,
                    disable=not (main and tr.progress))
 
@@ -489,11 +506,3 @@ class Trainer:
                 recipe.export(model, tmp)
         dist.barrier()
         return model_path
-
-    def _tensorboard(self, start: int):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise MaskmlError("trainer.tensorboard=true needs the tensorboard package: pip install tensorboard "
-                              "(or set trainer.tensorboard=false; log.csv has the same numbers)") from None
-        return SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=start)
