@@ -86,29 +86,35 @@ def _type_errors(cfg: DictConfig, defaults: DictConfig) -> list[str]:
     return errors
 
 
-def compose_train_config(recipe: str, overrides: list[str] = (), config_dirs: tuple[Path, ...] = ()) -> DictConfig:
-    """The composed config of `maskml train RECIPE OVERRIDES...`, with interpolations resolved."""
+def compose_config(config_name: str, overrides: list[str] = (), config_dirs: tuple[Path, ...] = ()) -> DictConfig:
+    """The config `config_name`.yaml of this package composed with Hydra overrides (GROUP=OPTION, KEY=VALUE),
+    interpolations resolved; any mistake in the overrides is one MaskmlError naming the valid choices."""
     overrides = list(overrides)
-    extra = [f"recipe={recipe}", f"recipe_name={recipe}"]
+    search = []
     if config_dirs:
-        extra.append("hydra.searchpath=[" + ",".join(f"file://{Path(d).resolve()}" for d in config_dirs) + "]")
+        search.append("hydra.searchpath=[" + ",".join(f"file://{Path(d).resolve()}" for d in config_dirs) + "]")
     with initialize_config_module(config_module=__name__, version_base=None):
         try:
-            cfg = compose("train", overrides=extra + overrides)
+            cfg = compose(config_name, overrides=search + overrides)
             OmegaConf.resolve(cfg)
             # the types to expect: those of the same options' defaults (group choices kept, key overrides not)
             choices = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
-            errors = _type_errors(cfg, compose("train", overrides=extra + choices)) if overrides else []
+            errors = _type_errors(cfg, compose(config_name, overrides=search + choices)) if overrides else []
         except (HydraException, OmegaConfBaseException) as exc:
             message = _first_line(str(exc))
             hint = ""
             if "Could not override" in message:
-                try:  # the config without the user's overrides shows which keys exist
+                try:  # the config without the failing override shows which keys exist
                     kept = [o for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") not in message]
-                    hint = _unknown_key_hint(message, overrides, compose("train", overrides=extra + kept))
+                    hint = _unknown_key_hint(message, overrides, compose(config_name, overrides=search + kept))
                 except (HydraException, OmegaConfBaseException):
                     pass
-            raise MaskmlError(f"bad training config: {message}{hint}") from None
+            raise MaskmlError(f"bad config: {message}{hint}") from None
     if errors:
-        raise MaskmlError(f"bad training config: {'; '.join(errors)}")
+        raise MaskmlError(f"bad config: {'; '.join(errors)}")
     return cfg
+
+
+def compose_train_config(recipe: str, overrides: list[str] = (), config_dirs: tuple[Path, ...] = ()) -> DictConfig:
+    """The composed config of `maskml train RECIPE OVERRIDES...`."""
+    return compose_config("train", [f"recipe={recipe}", f"recipe_name={recipe}", *overrides], config_dirs)

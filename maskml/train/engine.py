@@ -3,11 +3,11 @@
     Trainer(cfg).fit()      # cfg: the composed config of maskml/configs/train.yaml (see maskml.configs)
 
 Order of events in fit(): join the process group, decide between a new run and a resumed one (run folder
-checks), build the model (frozen modules, activation checkpointing, DDP), the optimizer and the data stream; then
-per optimizer step: set the scheduled rates, run grad_accum micro-steps (autocast forward + backward), clip,
-step; every log_every steps a log.csv row, every val_every steps a validation, every ckpt_every steps
-checkpoints/last.pt. At the end: model.pt through the recipe's export, from the best weights if a best_metric
-is tracked.
+checks), build the model (frozen modules, activation checkpointing, DDP), the optimizer and the data stream,
+write config.yaml; then per optimizer step: set the scheduled rates, run grad_accum micro-steps (autocast
+forward + backward), clip, step; every log_every steps a log.csv row, every val_every steps a validation, every
+ckpt_every steps checkpoints/last.pt. At the end: model.pt through the recipe's export, from the best weights
+if a best_metric is tracked.
 
 Data order is a pure function of the optimizer step (a seeded permutation per epoch, cut into global batches),
 and every item's randomness comes from its own seed: N processes compute what one process computes with the same
@@ -339,12 +339,6 @@ class Trainer:
             raise MaskmlError(value)
         state = load_checkpoint(value) if value is not None else None
         start = state["step"] if state else 0
-        if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "checkpoints").mkdir(exist_ok=True)
-            remove_temporaries(self.out_dir / "checkpoints")
-            with atomic_path(self.out_dir / "config.yaml") as tmp:
-                OmegaConf.save(cfg, tmp)
 
         # Model: the same seeded weights on every rank (DDP also broadcasts rank 0's at wrapping)
         torch.manual_seed(cfg.seed)
@@ -392,6 +386,13 @@ class Trainer:
                             generator=torch.Generator().manual_seed(int(cfg.seed)))
         stream = iter(loader)
 
+        # Everything is set up: only now the run folder is written (a run that could not start leaves nothing)
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "checkpoints").mkdir(exist_ok=True)
+            remove_temporaries(self.out_dir / "checkpoints")
+            with atomic_path(self.out_dir / "config.yaml") as tmp:
+                OmegaConf.save(cfg, tmp)
         log = CsvLog(self.out_dir / "log.csv", start if state else None) if main else None
         val_log = CsvLog(self.out_dir / "val.csv", start if state else None) if main else None
         board = self.summary_writer(str(self.out_dir / "tensorboard"), purge_step=start) if main and tr.tensorboard \
