@@ -20,6 +20,7 @@ from maskml.configs import compose_train_config
 from maskml.errors import MaskmlError
 from maskml.models.sam.sam import build_sam
 from maskml.models.sam2.sam2 import build_sam2
+from maskml.train.checkpoint import load_checkpoint
 from maskml.train.engine import StepBatches, Trainer, enable_activation_checkpointing, item_seed
 from maskml.train.optim import encoder_blocks, encoder_layer_ids, lr_factor, param_groups
 from maskml.train.recipes import Recipe, get_recipe
@@ -268,3 +269,12 @@ def test_tensorboard_log_or_a_message_saying_what_to_install(tmp_path):
     else:
         train(tmp_path / "run", "trainer.max_steps=2", "trainer.tensorboard=true")
         assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_diverging_run_stops_with_a_message_and_keeps_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    # the first step's update makes the weights ~1e30: the second step's loss overflows
+    with pytest.raises(MaskmlError, match=r"the loss became (inf|nan) by step 2; lower optim.lr"):
+        train(out, "trainer.max_steps=6", "optim.lr=1e30", "trainer.clip_grad=null", "trainer.log_every=2",
+              "trainer.ckpt_every=1")
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 1

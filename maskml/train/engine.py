@@ -437,7 +437,8 @@ class Trainer:
                 warnings.warn(f"resuming with {dist.world_size()} processes instead of {len(state['rng'])}: "
                               f"global random states are not restored (per-item data seeds still are)", stacklevel=2)
         train_mode()
-        window: dict[str, float] = {}
+        accum = int(tr.grad_accum)
+        window: dict[str, torch.Tensor] = {}  # sums over the steps since the last log row
         window_steps, window_seconds = 0, 0.0
         for step in range(start, max_steps):
             step_start = time.perf_counter()
@@ -445,15 +446,16 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             totals: dict[str, torch.Tensor] = {}
-            for micro in range(int(tr.grad_accum)):
+            for micro in range(accum):
                 batch = move_to(next(stream), device)
-                last_micro = micro == int(tr.grad_accum) - 1
-                with (ddp.no_sync() if ddp is not None and not last_micro else contextlib.nullcontext()), \
+                # DDP averages the gradients across ranks once, after the last micro-step
+                sync = ddp is None or micro == accum - 1
+                with (contextlib.nullcontext() if sync else ddp.no_sync()), \
                         torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     out = forward(batch)
-                scaler.scale(out["loss"] / int(tr.grad_accum)).backward()
+                scaler.scale(out["loss"] / accum).backward()
                 for k, v in out.items():
-                    totals[k] = totals.get(k, 0) + v.detach().float() / int(tr.grad_accum)
+                    totals[k] = totals.get(k, 0) + v.detach().float() / accum
             if tr.clip_grad is not None:
                 scaler.unscale_(optimizer)
                 totals["grad_norm"] = torch.nn.utils.clip_grad_norm_(trainable, float(tr.clip_grad)).detach()
@@ -464,7 +466,7 @@ class Trainer:
             window_seconds += time.perf_counter() - step_start
 
             for k, v in totals.items():
-                window[k] = window.get(k, 0.0) + v
+                window[k] = window.get(k, 0) + v
             window_steps += 1
             bar.update(1)
             if main and tr.progress:
@@ -477,8 +479,8 @@ class Trainer:
                        **{k: _fmt(v) for k, v in zip(names, means.tolist())},
                        "steps_per_s": _fmt(window_steps / window_seconds)}  # training only: no validation, saving
                 if not math.isfinite(float(row["loss"])):
-                    raise MaskmlError(f"the loss became {row['loss']} by step {done}; lower optim.lr or set "
-                                      f"trainer.clip_grad (the last checkpoint in {self.out_dir} is kept)")
+                    raise MaskmlError(f"the loss became {row['loss']} by step {done}; lower optim.lr (and keep "
+                                      f"trainer.clip_grad on); the last checkpoint in {self.out_dir} is kept")
                 if main:
                     log.write(row)
                     if board:
