@@ -30,6 +30,9 @@ from maskml.train.data.synth import SynthConfig, generate
 from maskml.train.recipes.sam_finetune import SamFinetune
 
 
+PHOTOS = ("examples", "../shared/data/images")  # real photos for cut-outs and backgrounds, when present
+
+
 def config(data_root: Path, args) -> OmegaConf:
     return OmegaConf.create({
         "seed": 0,
@@ -86,22 +89,25 @@ def main() -> None:
     p.add_argument("--objects", type=int, default=4, help="objects per image per step")
     p.add_argument("--rounds", type=int, default=1, help="correction rounds (the recipe's default is 7)")
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a CPU shared with other work, more threads wait on each other)")
+    p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--overfit", action="store_true", help="one image with one object; stop at 1-click IoU > 0.9")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
     data = args.out / "data"
+    photos = [p for p in PHOTOS if Path(p).is_dir()]
     if args.overfit:
         synth = SynthConfig(images=1, seed=7, min_objects=1, max_objects=1, width=256, height=192)
         train_root = val_root = data / "overfit"
     else:
-        synth = SynthConfig(images=args.train_images, seed=1, width=320, height=240)
-        train_root = data / "train"
-        val_root = data / "val"
-        generate(val_root, SynthConfig(images=args.val_images, seed=2, width=320, height=240), progress=False)
-    generate(train_root, synth, progress=False)
+        synth = SynthConfig(images=args.train_images, seed=1, width=320, height=240, photos=photos)
+        train_root = data / f"train_{args.train_images}"
+        val_root = data / f"val_{args.val_images}"
+        generate(val_root, SynthConfig(images=args.val_images, seed=2, width=320, height=240, photos=photos))
+    generate(train_root, synth)
     cfg = config(train_root / "images", args)
     recipe = SamFinetune(cfg)
     model = recipe.build_model()
@@ -157,7 +163,7 @@ def main() -> None:
         optimizer.step()
         running.append(float(out["loss"].detach()))
         step += 1
-        if step % 10 == 0:
+        if step % args.log_every == 0:
             print(f"step {step} ({(time.perf_counter() - start) / 60:.1f} min): loss {float(out['loss'].detach()):.3f}, "
                   f"first-prompt IoU {float(out['iou_first']):.3f}", flush=True)
     final = evaluate()

@@ -35,6 +35,7 @@ from maskml.io.rle import compress_rle, encode_rle
 from maskml.io.video import atomic_dir
 
 MANIFEST = "synth.json"
+JPEG_OPTIONS = {"quality": 95, "subsampling": 0}  # Pillow's defaults (75, 4:2:0) blur small textured objects
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 SHAPES = ("ellipse", "rectangle", "ring", "blob", "star")
 
@@ -155,12 +156,19 @@ def _random_object(g: torch.Generator, cfg: SynthConfig, photos: list[torch.Tens
     center = (_uniform(g, 0, cfg.width), _uniform(g, 0, cfg.height))
     velocity, growth, spin = (0.0, 0.0), 1.0, 0.0
     if video:
-        speed = side * _uniform(g, 0.0, 0.03)
-        heading = _uniform(g, 0, 2 * math.pi)
-        velocity = (speed * math.cos(heading), speed * math.sin(heading))
-        if _uniform(g) < 0.3:  # set back along its path: it may start outside the frame and enter
-            center = (center[0] - velocity[0] * cfg.frames * 0.6, center[1] - velocity[1] * cfg.frames * 0.6)
-        growth = math.exp(_uniform(g, -0.02, 0.02))
+        if _uniform(g) < 0.3:  # enters: starts beyond a random edge, heading for a point in the frame
+            target = center
+            edge = _randint(g, 0, 3)
+            margin = radius * 1.5
+            center = [(-margin, target[1]), (cfg.width + margin, target[1]), (target[0], -margin),
+                      (target[0], cfg.height + margin)][edge]
+            frames_to_target = max(1.0, cfg.frames * _uniform(g, 0.4, 0.9))
+            velocity = ((target[0] - center[0]) / frames_to_target, (target[1] - center[1]) / frames_to_target)
+        else:
+            speed = side * _uniform(g, 0.0, 0.04)
+            heading = _uniform(g, 0, 2 * math.pi)
+            velocity = (speed * math.cos(heading), speed * math.sin(heading))
+        growth = math.exp(_uniform(g, -0.03, 0.03))
         spin = _uniform(g, -0.05, 0.05)
     return _Object(shape, texture, center, velocity, radius, growth, _uniform(g, 0, 2 * math.pi), spin)
 
@@ -306,7 +314,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = True) -> di
             if not (jpg.is_file() and js.is_file()):
                 image, masks = synth_image(cfg, i, photos)
                 with atomic_paths(jpg, js) as (tmp_jpg, tmp_json):
-                    save_image(tmp_jpg, image, "JPEG")
+                    save_image(tmp_jpg, image, "JPEG", **JPEG_OPTIONS)
                     tmp_json.write_text(json.dumps(sa1b_annotations(masks, i, jpg.name)))
                 written["images"] += 1
             bar.update()
@@ -322,7 +330,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = True) -> di
                         save_mask(tmp / f"{t:05d}.png", ids)
                 with atomic_dir(frames_dir) as tmp:
                     for t, frame in enumerate(frames):
-                        save_image(tmp / f"{t:05d}.jpg", frame, "JPEG")
+                        save_image(tmp / f"{t:05d}.jpg", frame, "JPEG", **JPEG_OPTIONS)
                 written["videos"] += 1
             bar.update()
     return written
