@@ -7,19 +7,11 @@ the last bits (observed ~1e-8 after 6 steps), and Adam's division by sqrt(v) can
 little. Everything else is identical: same data order, same per-item seeds, same initial weights."""
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import torch
 
-from train_toy import read_log, sam_finetune_tiny, subprocess_env, toy_command
+from train_toy import read_log, run_training as run, sam_finetune_tiny
 from maskml.train import distributed
-
-
-def run(out_dir, overrides, processes=1, recipe="toy") -> None:
-    result = subprocess.run(toy_command(out_dir, overrides, processes, recipe), env=subprocess_env(),
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def assert_close_logs(a: list[dict], b: list[dict], rtol: float) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import train_toy  # noqa: F401 - registers the toy recipe
+import train_toy  # importing it registers the toy recipe
 from maskml.cli import main as cli_main
 from maskml.configs import compose_train_config
 from maskml.errors import MaskmlError

@@ -11,18 +11,12 @@ from pathlib import Path
 
 import torch
 
-from train_toy import read_log, sam_finetune_tiny, subprocess_env, toy_command
+from train_toy import read_log, run_training as run, sam_finetune_tiny, subprocess_env, toy_command
 from maskml.train.checkpoint import load_checkpoint
 
 # Dropout draws from the global random state (restored per rank); augmentation from per-item seeds (data position)
 TOY = ["trainer.max_steps=12", "trainer.batch_size=2", "trainer.ckpt_every=3", "trainer.val_every=4",
        "recipe.dropout=0.3"]
-
-
-def run(out_dir: Path, overrides: list[str], processes: int = 1, recipe: str = "toy") -> None:
-    result = subprocess.run(toy_command(out_dir, overrides, processes, recipe), env=subprocess_env(),
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def kill_mid_run(out_dir: Path, overrides: list[str], processes: int = 1, recipe: str = "toy",

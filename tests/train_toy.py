@@ -153,6 +153,15 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
 
 
+def run_training(out_dir: Path, overrides: list[str], processes: int = 1, recipe: str = "toy") -> None:
+    """Run toy_command to its end; fail with the end of its error output if it fails."""
+    import subprocess
+
+    result = subprocess.run(toy_command(out_dir, overrides, processes, recipe), env=subprocess_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def read_log(path: Path) -> list[dict[str, str]]:
     """log.csv / val.csv rows without the timing column (which differs from run to run)."""
     import csv
