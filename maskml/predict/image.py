@@ -114,8 +114,9 @@ class SamBackend:
         shape = low_res.shape
         x = low_res.reshape(-1, 1, *shape[-2:])
         x = F.interpolate(x, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        x = x[..., :new_h, :new_w]  # the padding
         if (new_h, new_w) != state["original_size"]:  # at the same size the resize is the identity
-            x = F.interpolate(x[..., :new_h, :new_w], state["original_size"], mode="bilinear", align_corners=False)
+            x = F.interpolate(x, state["original_size"], mode="bilinear", align_corners=False)
         return x.reshape(*shape[:-2], *x.shape[-2:])
 
 

@@ -104,6 +104,9 @@ class SamFinetune(Recipe):
         self.rounds = int(r.correction_rounds)
         self.prob_mask, self.prob_box = float(r.prob_mask), float(r.prob_box)
         self.prob_click_from_gt = float(r.prob_click_from_gt)
+        # BatchNorm (MobileSAM's convolutions) on a batch of one or two images learns statistics that its
+        # running averages, used in evaluation, do not match: its statistics stay fixed, its scales train
+        self.freeze_batch_norm = bool(OmegaConf.select(r, "freeze_batch_norm", default=True))
         self.weights = None  # set by build_model, once the family is known
 
     # --- model, data, export ---
@@ -150,6 +153,10 @@ class SamFinetune(Recipe):
         if self.weights is None:
             self._set_weights(model)
         device = next(model.parameters()).device
+        if self.freeze_batch_norm:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         heads = SamHeads(model)
         images = torch.stack([item["image"] for item in batch]).to(device)
         x = normalise(model, images, [tuple(item["valid_size"]) for item in batch])
