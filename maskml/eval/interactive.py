@@ -56,6 +56,7 @@ def click_ious(model, image: torch.Tensor, masks: torch.Tensor, max_clicks: int)
 class InteractiveResult:
     ious: torch.Tensor  # (objects, max_clicks)
     images: int
+    objects: list[tuple[str, int]]  # (image name, object index) of each row of ious
 
     def miou(self, clicks: int) -> float:
         return float(self.ious[:, min(clicks, self.ious.shape[1]) - 1].mean()) if len(self.ious) else float("nan")
@@ -83,13 +84,78 @@ def evaluate_interactive(model, dataset: Dataset, max_clicks: int = 20, progress
     rows = []
     for index in tqdm(mine, desc="interactive eval", unit="image", disable=not (progress and distributed.is_main())):
         item = dataset[index]
-        rows.append((index, click_ious(model, item["image"], item["masks"], max_clicks)))
+        rows.append((index, item["name"], click_ious(model, item["image"], item["masks"], max_clicks)))
     gathered = sorted((row for part in distributed.all_gather_objects(rows) for row in part), key=lambda r: r[0])
-    ious = torch.cat([r[1] for r in gathered]) if gathered else torch.empty(0, max_clicks)
-    return InteractiveResult(ious, len(gathered))
+    ious = torch.cat([r[2] for r in gathered]) if gathered else torch.empty(0, max_clicks)
+    objects = [(name, k) for _, name, image_ious in gathered for k in range(len(image_ious))]
+    return InteractiveResult(ious, len(gathered), objects)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
     parts = [f"{k} {v:.4f}" if k.startswith("miou") else f"{k} {v:.2f}" for k, v in metrics.items()
              if k not in ("objects", "images")]
     return f"{int(metrics['images'])} images, {int(metrics['objects'])} objects: " + ", ".join(parts)
+
+
+def load_eval_model(model_cfg) -> torch.nn.Module:
+    """cfg.model: the released weights (checkpoint null, from the model cache) or a checkpoint in the official
+    layout, e.g. a training run's model.pt, at model.image_size."""
+    import maskml
+    from maskml.errors import MaskmlError
+    from maskml.train.recipes.sam_finetune import build_sam_model
+
+    checkpoint = model_cfg.get("checkpoint")
+    if checkpoint is None:
+        if int(model_cfg.image_size) != 1024:
+            raise MaskmlError("the released weights run at model.image_size=1024; give model.checkpoint for a "
+                              "model trained at another size")
+        return maskml.load_model(model_cfg.name)
+    return build_sam_model(model_cfg.name, int(model_cfg.image_size), checkpoint)
+
+
+def write_ious_csv(result: InteractiveResult, path) -> None:
+    """One row per object: image name, object index, IoU after each click. Refuses to replace a file."""
+    import csv
+    from pathlib import Path
+
+    from maskml.errors import MaskmlError
+    from maskml.io.images import atomic_path
+
+    path = Path(path)
+    if path.exists():
+        raise MaskmlError(f"{path} exists: give out= a new file name (maskml does not overwrite files)")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "object", *(f"iou_{k + 1}" for k in range(result.ious.shape[1]))])
+        for (name, obj), row in zip(result.objects, result.ious.tolist()):
+            writer.writerow([name, obj, *(f"{v:.6f}" for v in row)])
+
+
+def run_from_config(cfg) -> dict[str, float]:
+    """`maskml eval interactive`: cfg composed from maskml/configs/eval_interactive.yaml."""
+    from pathlib import Path
+
+    from maskml.errors import MaskmlError
+    from maskml.train.data.dataset import EvalDataset
+    from maskml.train.data.readers import open_source
+    from maskml.train.engine import resolve_device
+
+    if cfg.out is not None and Path(cfg.out).exists():
+        raise MaskmlError(f"{cfg.out} exists: give out= a new file name (maskml does not overwrite files)")
+    if int(cfg.max_clicks) < 1:
+        raise MaskmlError(f"max_clicks must be at least 1, got {cfg.max_clicks}")
+    distributed.init_distributed()
+    try:
+        device = resolve_device(cfg.device)
+        model = load_eval_model(cfg.model).to(device).eval()
+        dataset = EvalDataset(open_source(cfg.data.root, cfg.data.layout), cfg.data.on_error, cfg.max_images)
+        result = evaluate_interactive(model, dataset, int(cfg.max_clicks), progress=bool(cfg.progress))
+        metrics = result.metrics()
+        if distributed.is_main():
+            print(format_metrics(metrics))
+            if cfg.out is not None:
+                write_ious_csv(result, cfg.out)
+                print(f"-> {cfg.out}")
+        return metrics
+    finally:
+        distributed.cleanup()

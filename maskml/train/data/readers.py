@@ -6,7 +6,8 @@
 Layouts:
     sa1b   folder of image + JSON pairs (sa_1.jpg + sa_1.json), "annotations" with COCO RLE "segmentation"
     coco   a COCO instances JSON (annotations/instances_*.json under the folder, or the file itself):
-           polygons, RLE and compressed RLE; crowd regions are left out
+           polygons (rasterised in torch: the pixels whose centre is inside), RLE and compressed RLE;
+           crowd regions are left out
     masks  images/ + masks/ folders of pairs with the same stem; each mask a PNG, binary (one object) or
            indexed (palette index = object id)
     davis  JPEGImages/<video>/ + Annotations/<video>/ (indexed PNGs): each annotated frame is one sample
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from maskml.errors import MaskmlError
@@ -186,17 +186,31 @@ class COCOSource(Source):
         return image, _stack(masks, (h, w), image_path)
 
 
-def _ids_to_masks(ids: np.ndarray) -> list[torch.Tensor]:
-    ids_t = torch.from_numpy(ids)
-    return [ids_t == k for k in torch.unique(ids_t).tolist() if k != 0]
-
-
 def _image_for(stem_dir: Path, stem: str) -> Path:
     return next((stem_dir / (stem + s) for s in IMAGE_SUFFIXES if (stem_dir / (stem + s)).is_file()),
                 stem_dir / (stem + ".jpg"))
 
 
-class MaskFolderSource(Source):
+class _MaskPairSource(Source):
+    """Samples that are mask PNGs (object ids), each with an image found by image_path()."""
+
+    masks: list[Path]
+
+    def image_path(self, mask_path: Path) -> Path:
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mask_path = self.masks[index]
+        image = _image_tensor(self.image_path(mask_path))
+        try:
+            ids = torch.from_numpy(read_mask(mask_path))
+        except MaskmlError as exc:
+            raise BadSample(str(exc)) from None
+        masks = [ids == k for k in torch.unique(ids).tolist() if k != 0]
+        return image, _stack(masks, tuple(image.shape[:2]), mask_path)
+
+
+class MaskFolderSource(_MaskPairSource):
     layout = "masks"
 
     @staticmethod
@@ -208,17 +222,11 @@ class MaskFolderSource(Source):
         self.masks = sorted((root / "masks").glob("*.png"))
         self.names = [str(m) for m in self.masks]
 
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mask_path = self.masks[index]
-        image = _image_tensor(_image_for(self.root / "images", mask_path.stem))
-        try:
-            ids = read_mask(mask_path)
-        except MaskmlError as exc:
-            raise BadSample(str(exc)) from None
-        return image, _stack(_ids_to_masks(ids), tuple(image.shape[:2]), mask_path)
+    def image_path(self, mask_path: Path) -> Path:
+        return _image_for(self.root / "images", mask_path.stem)
 
 
-class DavisSource(Source):
+class DavisSource(_MaskPairSource):
     layout = "davis"
 
     @staticmethod
@@ -232,14 +240,8 @@ class DavisSource(Source):
                             for p in video.glob("*.png"))
         self.names = [str(m) for m in self.masks]
 
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mask_path = self.masks[index]
-        image = _image_tensor(_image_for(self.root / "JPEGImages" / mask_path.parent.name, mask_path.stem))
-        try:
-            ids = read_mask(mask_path)
-        except MaskmlError as exc:
-            raise BadSample(str(exc)) from None
-        return image, _stack(_ids_to_masks(ids), tuple(image.shape[:2]), mask_path)
+    def image_path(self, mask_path: Path) -> Path:
+        return _image_for(self.root / "JPEGImages" / mask_path.parent.name, mask_path.stem)
 
 
 LAYOUTS: dict[str, tuple[type[Source], str]] = {
