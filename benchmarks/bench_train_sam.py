@@ -39,7 +39,7 @@ def config(data_root: Path, args) -> OmegaConf:
         "model": {"name": "mobile_sam", "checkpoint": None, "image_size": args.image_size},
         "data": {"root": str(data_root), "layout": "sa1b", "on_error": "skip", "val_root": None,
                  "augment": {"flip": 0.5, "scale": [1.0, 1.0] if args.overfit else [0.8, 1.25], "colour": 0.1}},
-        "recipe": {"max_objects": args.objects, "prob_mask": 0.5, "prob_box": 0.25,
+        "recipe": {"max_objects": args.objects, "prob_mask": args.prob_mask, "prob_box": args.prob_box,
                    "correction_rounds": args.rounds, "prob_click_from_gt": 0.1, "val_max_clicks": 1,
                    "freeze_batch_norm": args.freeze_batch_norm,
                    "loss": {"focal": 20.0, "dice": 1.0, "iou": 1.0, "object_score": 1.0, "focal_alpha": 0.25,
@@ -93,6 +93,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a CPU shared with other work, more threads wait on each other)")
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--prob-mask", type=float, default=0.5, help="share of mask prompts (the recipe's 0.5)")
+    p.add_argument("--prob-box", type=float, default=0.25, help="share of box prompts (the recipe's 0.25)")
     p.add_argument("--freeze-batch-norm", action=argparse.BooleanOptionalAction, default=False,
                    help="keep BatchNorm statistics fixed (the recipe's default, for pretrained weights; from random "
                         "weights the statistics of the batches train faster)")

@@ -2,13 +2,13 @@
 masks of the protocol against maskml's ImagePredictor, sharding under torchrun, and `maskml eval interactive`."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+
+from train_toy import free_port, subprocess_env
 
 from maskml.cli import main
 from maskml.eval.interactive import InteractiveResult, click_ious, evaluate_interactive
@@ -18,8 +18,6 @@ from maskml.train.data.readers import open_source
 from maskml.train.data.synth import SynthConfig, generate
 from maskml.train.prompts import center_clicks
 from maskml.train.recipes.sam_finetune import build_sam_model
-
-ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +103,12 @@ distributed.cleanup()
 def test_torchrun_shards_images_and_gathers_the_same_result(synth_root, tmp_path):
     script = tmp_path / "shard.py"
     script.write_text(SHARD_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     one = subprocess.run([sys.executable, str(script), str(synth_root), str(tmp_path / "one.pt")], env=env,
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "0", str(script), str(synth_root), str(tmp_path / "two.pt")],
+                          "--master_port", str(free_port()), str(script), str(synth_root), str(tmp_path / "two.pt")],
                          env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
