@@ -47,7 +47,7 @@ def config(data_root: Path, args) -> OmegaConf:
     })
 
 
-def draw_curve(rows: list[dict], path: Path, title: str) -> None:
+def draw_curve(rows: list[dict], path: Path, title: str, what: str) -> None:
     """mIoU (and training loss, scaled to its maximum) against minutes, as a PNG."""
     w, h, m = 800, 500, 60
     img = np.full((h, w, 3), 255, np.uint8)
@@ -72,8 +72,9 @@ def draw_curve(rows: list[dict], path: Path, title: str) -> None:
         lp = np.array([[m + r["minutes"] / t_max * (w - 2 * m), h - m - r["loss"] / top * (h - 2 * m)]
                        for r in losses], np.int32)
         cv2.polylines(img, [lp], False, (0, 0, 200), 1)
-    cv2.putText(img, title, (m, 35), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1)
-    cv2.putText(img, "held-out 1-click mIoU (blue), training loss / max (red); minutes", (m, h - 15),
+    for i, line in enumerate(title.split("\n")):
+        cv2.putText(img, line, (m, 22 + 20 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.putText(img, f"{what} 1-click mIoU (blue), training loss / max (red); minutes", (m, h - 15),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
     cv2.imwrite(str(path), img)
 
@@ -179,9 +180,10 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=["minutes", "step", "loss", "miou_1"])
         writer.writeheader()
         writer.writerows(rows)
-    title = (f"mobile_sam from random weights, {args.image_size} px, synthetic data: 1-click mIoU "
-             f"{untrained:.3f} -> {final:.3f} in {step} steps")
-    draw_curve(rows, args.out / "curve.png", title)
+    what = "training-image" if args.overfit else "held-out"
+    title = (f"mobile_sam from random weights, {args.image_size} px, synthetic data{' (one image)' * args.overfit}\n"
+             f"{what} 1-click mIoU {untrained:.3f} -> {final:.3f} in {step} steps")
+    draw_curve(rows, args.out / "curve.png", title, what)
     print(f"untrained {untrained:.4f} -> trained {final:.4f} (+{final - untrained:.4f}) after {step} steps, "
           f"{rows[-1]['minutes']:.1f} min; {args.out / 'curve.csv'}, {args.out / 'curve.png'}", flush=True)
     assert math.isfinite(final)
