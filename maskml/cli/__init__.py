@@ -13,7 +13,7 @@ import sys
 
 from maskml.errors import MaskmlError
 
-COMMANDS = ("segment", "track", "demo", "eval", "models", "export")
+COMMANDS = ("segment", "track", "demo", "eval", "models", "export", "train", "data")
 
 
 class Parser(argparse.ArgumentParser):
@@ -44,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Hydra-style commands (train) take KEY=VALUE overrides anywhere on the line, options included
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(arg.startswith("-") for arg in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     try:
         args.func(args)
     except MaskmlError as exc:
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         # a command may say how far it got and what it kept; every file maskml writes appears whole or not at all
-        detail = f" {exc}" if str(exc) else "; no file was left half-written"
+        detail = f" {exc}" if str(exc) else f"; {getattr(args, 'on_interrupt', 'no file was left half-written')}"
         print(f"maskml {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
     return 0

@@ -93,9 +93,10 @@ def image_format(path: str | Path) -> str:
     return fmt
 
 
-def save_image(path: str | Path, image: np.ndarray, fmt: str | None = None) -> None:
-    """Write an array to `path` as is (no temporary name); the format follows the suffix unless given."""
-    Image.fromarray(np.ascontiguousarray(image)).save(path, format=fmt or image_format(path))
+def save_image(path: str | Path, image: np.ndarray, fmt: str | None = None, **options) -> None:
+    """Write an array to `path` as is (no temporary name); the format follows the suffix unless given;
+    `options` go to Pillow's save (e.g. quality=95 for JPEG)."""
+    Image.fromarray(np.ascontiguousarray(image)).save(path, format=fmt or image_format(path), **options)
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:

@@ -49,21 +49,24 @@ class Sam(nn.Module):
 
 
 def build_sam(encoder: str = "vit", embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
-              global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)) -> Sam:
-    """encoder="vit": SAM ViT-B/L/H; encoder="tiny_vit": MobileSAM (other arguments ignored)."""
+              global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11), image_size: int = 1024) -> Sam:
+    """encoder="vit": SAM ViT-B/L/H; encoder="tiny_vit": MobileSAM (other arguments ignored). image_size
+    other than 1024 (a multiple of 64; for training at reduced cost) keeps MobileSAM's state dict shapes;
+    ViT's position embeddings change shape with it."""
     if encoder == "vit":
-        image_encoder = ImageEncoderViT(img_size=1024, patch_size=16, embed_dim=embed_dim, depth=depth,
+        image_encoder = ImageEncoderViT(img_size=image_size, patch_size=16, embed_dim=embed_dim, depth=depth,
                                         num_heads=num_heads, mlp_ratio=4.0, out_chans=256, window_size=14,
                                         global_attn_indexes=tuple(global_attn_indexes))
     elif encoder == "tiny_vit":
         from maskml.models.sam.tiny_vit import TinyViT
 
-        image_encoder = TinyViT(img_size=1024, embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2),
+        image_encoder = TinyViT(img_size=image_size, embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2),
                                 num_heads=(2, 4, 5, 10), window_sizes=(7, 7, 14, 7), mlp_ratio=4.0,
                                 mbconv_expand_ratio=4.0, local_conv_size=3)
     else:
         raise ValueError(f"unknown SAM image encoder {encoder!r}")
-    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
+    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(image_size // 16, image_size // 16),
+                                   input_image_size=(image_size, image_size),
                                    mask_in_chans=16)
     mask_decoder = MaskDecoder(TwoWayTransformer(depth=2, embedding_dim=256, num_heads=8, mlp_dim=2048),
                                transformer_dim=256, num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=256)

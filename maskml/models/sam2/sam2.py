@@ -194,6 +194,7 @@ class Sam2(nn.Module):
 SAM2_SIZES = ("tiny", "small", "base_plus", "large")
 
 
-def build_sam2(size: str = "tiny", version: str = "2.1") -> Sam2:
-    """SAM 2 (version "2.0") or SAM 2.1 with a Hiera-T/S/B+/L image encoder."""
-    return Sam2(build_image_encoder(size), version=version).eval()
+def build_sam2(size: str = "tiny", version: str = "2.1", image_size: int = 1024) -> Sam2:
+    """SAM 2 (version "2.0") or SAM 2.1 with a Hiera-T/S/B+/L image encoder; image_size other than 1024
+    (a multiple of 64, for training at reduced cost) keeps the state dict shapes."""
+    return Sam2(build_image_encoder(size), version=version, image_size=image_size).eval()

@@ -1,0 +1,193 @@
+"""Proof that sam_finetune learns: MobileSAM from its deterministic random weights, every module trainable, at a
+reduced input size, fine-tuned on synthetic images for a wall-clock budget; held-out 1-click mIoU (the SAM
+paper's protocol, maskml.eval.interactive) measured before training and at intervals. Writes curve.csv and
+curve.png (drawn with OpenCV) into --out.
+
+    python benchmarks/bench_train_sam.py --minutes 30 --out runs/bench_train_sam
+    python benchmarks/bench_train_sam.py --overfit --out runs/bench_overfit   # one image, one object
+
+The loop here is the recipe's training_step with AdamW (warm-up, then constant), so the budget is wall-clock
+time rather than steps (the engine, maskml.train, counts steps).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from maskml.eval.interactive import evaluate_interactive
+from maskml.train.data.dataset import EvalDataset
+from maskml.train.data.readers import open_source
+from maskml.train.data.synth import SynthConfig, generate
+from maskml.train.recipes.sam_finetune import SamFinetune
+
+
+PHOTOS = ("examples", "../shared/data/images")  # real photos for cut-outs and backgrounds, when present
+
+
+def config(data_root: Path, args) -> OmegaConf:
+    return OmegaConf.create({
+        "seed": 0,
+        "model": {"name": "mobile_sam", "checkpoint": None, "image_size": args.image_size},
+        "data": {"root": str(data_root), "layout": "sa1b", "on_error": "skip", "val_root": None,
+                 "augment": {"flip": 0.5, "scale": [1.0, 1.0] if args.overfit else [0.8, 1.25], "colour": 0.1}},
+        "recipe": {"max_objects": args.objects, "prob_mask": args.prob_mask, "prob_box": args.prob_box,
+                   "correction_rounds": args.rounds, "prob_click_from_gt": 0.1, "val_max_clicks": 1,
+                   "freeze_batch_norm": args.freeze_batch_norm,
+                   "loss": {"focal": 20.0, "dice": 1.0, "iou": 1.0, "object_score": 1.0, "focal_alpha": 0.25,
+                            "focal_gamma": 2.0, "supervise_all_iou": True}},
+    })
+
+
+def draw_curve(rows: list[dict], path: Path, title: str, what: str) -> None:
+    """mIoU (and training loss, scaled to its maximum) against minutes, as a PNG."""
+    w, h, m = 800, 500, 60
+    img = np.full((h, w, 3), 255, np.uint8)
+    t_max = max(r["minutes"] for r in rows) or 1.0
+    cv2.rectangle(img, (m, m), (w - m, h - m), (0, 0, 0), 1)
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = int(h - m - v * (h - 2 * m))
+        cv2.line(img, (m, y), (w - m, y), (220, 220, 220), 1)
+        cv2.putText(img, f"{v:.2f}", (8, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    for k in range(0, int(t_max) + 1, max(1, int(t_max) // 6)):
+        x = int(m + k / t_max * (w - 2 * m))
+        cv2.putText(img, f"{k}", (x - 5, h - m + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    evals = [r for r in rows if r["miou_1"] == r["miou_1"]]
+    pts = np.array([[m + r["minutes"] / t_max * (w - 2 * m), h - m - r["miou_1"] * (h - 2 * m)] for r in evals],
+                   np.int32)
+    cv2.polylines(img, [pts], False, (200, 60, 0), 2)
+    for p in pts:
+        cv2.circle(img, tuple(int(c) for c in p), 4, (200, 60, 0), -1)
+    losses = [r for r in rows if r["loss"] == r["loss"]]
+    if losses:
+        top = max(r["loss"] for r in losses)
+        lp = np.array([[m + r["minutes"] / t_max * (w - 2 * m), h - m - r["loss"] / top * (h - 2 * m)]
+                       for r in losses], np.int32)
+        cv2.polylines(img, [lp], False, (0, 0, 200), 1)
+    for i, line in enumerate(title.split("\n")):
+        cv2.putText(img, line, (m, 22 + 20 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.putText(img, f"{what} 1-click mIoU (blue), training loss / max (red); minutes", (m, h - 15),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    cv2.imwrite(str(path), img)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/bench_train_sam"))
+    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget, evaluations included")
+    p.add_argument("--eval-every", type=float, default=5.0, help="minutes between evaluations")
+    p.add_argument("--train-images", type=int, default=400)
+    p.add_argument("--val-images", type=int, default=40)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--objects", type=int, default=4, help="objects per image per step")
+    p.add_argument("--rounds", type=int, default=1, help="correction rounds (the recipe's default is 7)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a CPU shared with other work, more threads wait on each other)")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--prob-mask", type=float, default=0.5, help="share of mask prompts (the recipe's 0.5)")
+    p.add_argument("--prob-box", type=float, default=0.25, help="share of box prompts (the recipe's 0.25)")
+    p.add_argument("--freeze-batch-norm", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep BatchNorm statistics fixed (the recipe's default, for pretrained weights; from random "
+                        "weights the statistics of the batches train faster)")
+    p.add_argument("--overfit", action="store_true", help="one image with one object; stop at 1-click IoU > 0.9")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    data = args.out / "data"
+    photos = [p for p in PHOTOS if Path(p).is_dir()]
+    if args.overfit:
+        synth = SynthConfig(images=1, seed=7, min_objects=1, max_objects=1, width=256, height=192)
+        train_root = val_root = data / "overfit"
+    else:
+        synth = SynthConfig(images=args.train_images, seed=1, width=320, height=240, photos=photos)
+        train_root = data / f"train_{args.train_images}"
+        val_root = data / f"val_{args.val_images}"
+        generate(val_root, SynthConfig(images=args.val_images, seed=2, width=320, height=240, photos=photos))
+    generate(train_root, synth)
+    cfg = config(train_root / "images", args)
+    recipe = SamFinetune(cfg)
+    model = recipe.build_model()
+    train = recipe.train_dataset()
+    # decode each file once: the data set is small, and the CPU time is better spent on training
+    train.loader.source.load = functools.lru_cache(maxsize=None)(train.loader.source.load)
+    val = EvalDataset(open_source(val_root / "images"), max_images=args.val_images)
+    params = [q for q in model.parameters() if q.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    warmup = 20
+
+    def evaluate() -> float:
+        model.eval()
+        miou = evaluate_interactive(model, val, max_clicks=1).miou(1)
+        model.train()
+        return miou
+
+    rows: list[dict] = []
+    start = time.perf_counter()
+    untrained = evaluate()
+    rows.append({"minutes": 0.0, "step": 0, "loss": float("nan"), "miou_1": untrained})
+    print(f"untrained 1-click mIoU {untrained:.4f} ({len(val)} held-out images)", flush=True)
+    budget = args.minutes * 60
+    next_eval = args.eval_every * 60
+    step, epoch_order, running = 0, [], []
+    model.train()
+    best = untrained
+    while True:
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget or (args.overfit and best > 0.9):
+            break
+        if elapsed >= next_eval:
+            miou = evaluate()
+            best = max(best, miou)
+            rows.append({"minutes": (time.perf_counter() - start) / 60, "step": step,
+                         "loss": sum(running) / max(len(running), 1), "miou_1": miou})
+            running = []
+            print(f"{rows[-1]['minutes']:.1f} min, step {step}: 1-click mIoU {miou:.4f}", flush=True)
+            next_eval += args.eval_every * 60
+            continue
+        items = []
+        for _ in range(args.batch):
+            if not epoch_order:
+                epoch_order = torch.randperm(len(train), generator=torch.Generator().manual_seed(step)).tolist()
+            index = epoch_order.pop()
+            items.append(train.sample(index, seed=step * 1000 + index))
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / warmup)
+        out = recipe.training_step(model, items)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        running.append(float(out["loss"].detach()))
+        step += 1
+        if step % args.log_every == 0:
+            print(f"step {step} ({(time.perf_counter() - start) / 60:.1f} min): loss {float(out['loss'].detach()):.3f}, "
+                  f"first-prompt IoU {float(out['iou_first']):.3f}", flush=True)
+    final = evaluate()
+    rows.append({"minutes": (time.perf_counter() - start) / 60, "step": step,
+                 "loss": sum(running) / max(len(running), 1) if running else float("nan"), "miou_1": final})
+    with open(args.out / "curve.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["minutes", "step", "loss", "miou_1"])
+        writer.writeheader()
+        writer.writerows(rows)
+    what = "training-image" if args.overfit else "held-out"
+    title = (f"mobile_sam from random weights, {args.image_size} px, synthetic data{' (one image)' * args.overfit}\n"
+             f"{what} 1-click mIoU {untrained:.3f} -> {final:.3f} in {step} steps")
+    draw_curve(rows, args.out / "curve.png", title, what)
+    print(f"untrained {untrained:.4f} -> trained {final:.4f} (+{final - untrained:.4f}) after {step} steps, "
+          f"{rows[-1]['minutes']:.1f} min; {args.out / 'curve.csv'}, {args.out / 'curve.png'}", flush=True)
+    assert math.isfinite(final)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: one engine (engine.Trainer) that runs every recipe (recipes/), alone or under torchrun."""
