@@ -32,7 +32,7 @@ from maskml.errors import MaskmlError
 from maskml.io.images import atomic_path, atomic_paths, read_image, save_image
 from maskml.io.masks import save_mask
 from maskml.io.rle import compress_rle, encode_rle
-from maskml.io.video import atomic_dir
+from maskml.io.outputs import atomic_dir
 
 MANIFEST = "synth.json"
 JPEG_OPTIONS = {"quality": 95, "subsampling": 0}  # Pillow's defaults (75, 4:2:0) blur small textured objects
