@@ -20,11 +20,22 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a value that starts with a minus and a digit is a value, not an unknown option: a
     click left of or above the image (--point -5,10) is then reported as outside it. (argparse itself
     takes only plain negative numbers such as -5 for values; no maskml option name starts with a digit.)
-    Sub-command parsers are of this class too (add_subparsers makes them of the parser's class)."""
+    Sub-command parsers are of this class too (add_subparsers makes them of the parser's class).
+
+    Hydra overrides (KEY=VALUE) of the commands that take them (train, eval interactive) may also stand
+    after options: argparse gives its `nargs="*"` positional only the words before the first option."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra and hasattr(parsed, "overrides") and all("=" in w and not w.startswith("-") for w in extra):
+            parsed.overrides = [*parsed.overrides, *extra]
+        elif extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:

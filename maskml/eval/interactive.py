@@ -147,8 +147,9 @@ def run_from_config(cfg) -> dict[str, float]:
     distributed.init_distributed()
     try:
         device = resolve_device(cfg.device)
-        model = load_eval_model(cfg.model).to(device).eval()
+        # the data first: a wrong folder is found in a second, not after the model's download and load
         dataset = EvalDataset(open_source(cfg.data.root, cfg.data.layout), cfg.data.on_error, cfg.max_images)
+        model = load_eval_model(cfg.model).to(device).eval()
         result = evaluate_interactive(model, dataset, int(cfg.max_clicks), progress=bool(cfg.progress))
         metrics = result.metrics()
         if distributed.is_main():
