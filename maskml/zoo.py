@@ -56,6 +56,10 @@ def register(entry: ModelEntry) -> ModelEntry:
 
 
 def list_models(family: str | None = None) -> list[str]:
+    """Every model name, or those of one family ("sam", "sam2" or "cutie")."""
+    families = sorted({e.family for e in _REGISTRY.values()})
+    if family is not None and family not in families:
+        raise MaskmlError(f"there is no model family {family!r}: give one of {', '.join(families)} (or none)")
     return [name for name, e in _REGISTRY.items() if family is None or e.family == family]
 
 

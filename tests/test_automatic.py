@@ -139,3 +139,14 @@ def test_upscaling_a_few_masks_at_a_time_changes_nothing(mobile_sam, truck_image
     monkeypatch.setattr(automatic, "UPSCALED_PIXELS_AT_ONCE", 2 ** 40)
     all_at_once = maskml.AutomaticMaskGenerator(mobile_sam, **options).generate(truck_image)
     assert in_chunks and in_chunks == all_at_once
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"points_per_side": 0}, "points_per_side and crop_n_points_downscale_factor must be at least 1"),
+    ({"points_per_batch": 0}, "points_per_batch must be at least 1"),
+    ({"points_per_side": 2, "crop_n_layers": 2, "crop_n_points_downscale_factor": 2},
+     "points_per_side 2 leaves no point on crop layer 2"),
+])
+def test_settings_that_leave_no_points_are_one_clear_error(mobile_sam, options, message):
+    with pytest.raises(maskml.MaskmlError, match=message):
+        maskml.AutomaticMaskGenerator(mobile_sam, **options)

@@ -169,3 +169,10 @@ def test_models_built_without_a_checkpoint_are_initialised(name):
     for key, value in first.items():
         assert torch.isfinite(value).all(), f"{name}: {key} holds non-finite values"
         assert torch.equal(value, second[key]), f"{name}: {key} differs between two builds with the same seed"
+
+
+def test_list_models_by_family():
+    assert maskml.list_models("cutie") == ["cutie_small", "cutie_base"]
+    assert set(maskml.list_models()) >= {"mobile_sam", "sam_vit_b", "sam2.1_hiera_t", "cutie_small"}
+    with pytest.raises(MaskmlError, match="there is no model family 'sam3': give one of cutie, sam, sam2"):
+        maskml.list_models("sam3")

@@ -93,9 +93,19 @@ class AutomaticMaskGenerator:
             raise MaskmlError("give exactly one of points_per_side and point_grids")
         if output_mode not in OUTPUT_MODES:
             raise MaskmlError(f"output_mode {output_mode!r} is not one of {', '.join(OUTPUT_MODES)}")
+        if points_per_batch < 1:
+            raise MaskmlError(f"points_per_batch must be at least 1, got {points_per_batch}")
         if point_grids is not None:
             self.point_grids = [torch.as_tensor(np.asarray(g), dtype=torch.float64) for g in point_grids]
         else:
+            if points_per_side < 1 or crop_n_points_downscale_factor < 1 or crop_n_layers < 0:
+                raise MaskmlError(f"points_per_side and crop_n_points_downscale_factor must be at least 1 and "
+                                  f"crop_n_layers at least 0, got {points_per_side}, "
+                                  f"{crop_n_points_downscale_factor} and {crop_n_layers}")
+            if points_per_side // crop_n_points_downscale_factor ** crop_n_layers < 1:
+                raise MaskmlError(f"points_per_side {points_per_side} leaves no point on crop layer {crop_n_layers} "
+                                  f"(divided by {crop_n_points_downscale_factor} per layer): give more points "
+                                  f"per side or fewer crop layers")
             self.point_grids = [point_grid(int(points_per_side / crop_n_points_downscale_factor ** layer))
                                 for layer in range(crop_n_layers + 1)]
         self.predictor = ImagePredictor(model)
