@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 import maskml
 from maskml.errors import MaskmlError
 from maskml.hub import sha256_of
+from maskml.io.outputs import temporary_folder
 from maskml.export import (DEFAULT_OPSET, FORMAT, IMAGE_FAMILIES, MANIFEST, NOT_YET_EXPORTABLE, OPSETS, QUANTIZATIONS,
                            require_onnx)
 from maskml.export.graphs import ENCODER_INPUT, DecoderGraph, Sam2EncoderGraph, SamEncoderGraph
@@ -154,7 +154,7 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
     check_out_folder(out, name)
     model = load_model(name, checkpoint=checkpoint, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    folder = temporary_folder(out)
     try:
         graphs = {"encoder": export_encoder(model, entry.family, folder, opset),
                   "decoder": export_decoder(model, entry.family, folder, opset)}
@@ -169,7 +169,6 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
             "files": {p.name: sha256_of(p) for p in sorted(folder.iterdir())},
         }
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        os.chmod(folder, 0o777 & ~_umask())
         _replace_folder(folder, out)
     finally:
         if folder.exists():
@@ -177,17 +176,11 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _replace_folder(new: Path, out: Path) -> None:
     """Rename the finished folder to `out`; an earlier export of the same model there (checked by
     check_out_folder) is moved aside first and removed only once the new one is in place."""
     if out.exists() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        old = temporary_folder(out)
         os.replace(out, old)
         os.replace(new, out)
         shutil.rmtree(old)
