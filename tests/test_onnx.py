@@ -267,3 +267,15 @@ def test_sam2_video_is_not_yet_on_onnxruntime(sam2_export):
     model = maskml.load_model("sam2.1_hiera_t", checkpoint=sam2_export, backend="onnxruntime")
     with pytest.raises(MaskmlError, match="SAM 2 video is not yet available on onnxruntime"):
         maskml.VideoSession(model, np.zeros((2, 64, 64, 3), np.uint8))
+
+
+def test_export_outputs_are_checked_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    checkpoint = tmp_path / "missing.pt"  # never read: the output checks come first
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    inside = checkpoint / "graphs"
+    for out, message in [(".", "--out . is the current folder"),
+                         (str(inside), f"--out {inside} lies inside the input --checkpoint")]:
+        assert main(["export", "mobile_sam", "--checkpoint", str(checkpoint), "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"maskml export: error: {message}") and err.count("\n") == 1, err

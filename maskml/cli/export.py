@@ -33,6 +33,8 @@ def register(subparsers) -> None:
 def run(args) -> None:
     from maskml.export import MANIFEST
     from maskml.export.exporter import export_model
+    from maskml.io.outputs import check_outputs
 
+    check_outputs({"--checkpoint": args.checkpoint}, folders={"--out": args.out})  # before the model loads
     out = export_model(args.model, args.out, checkpoint=args.checkpoint, quantize=args.quantize, opset=args.opset)
     print(f"{args.model} -> {out}/ (encoder.onnx, decoder.onnx, {MANIFEST})")
