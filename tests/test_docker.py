@@ -14,6 +14,7 @@ import hashlib
 import http.server
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -205,10 +206,23 @@ def test_compose_serves_on_a_gpu_with_the_cache_volume():
     service, = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"].values()
     assert (DOCKER / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == DOCKER / "Dockerfile.cuda"
     args = build_parser().parse_args(service["command"])
-    assert service["command"][0] == "serve" and args.host == "0.0.0.0" and args.port == 8000
+    assert service["command"][0] == "serve" and (args.host, args.port, args.device) == ("0.0.0.0", 8000, "cuda")
     assert any(volume.endswith(":/cache") for volume in service["volumes"])
     device, = service["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
+def test_docker_run_lines_of_the_docs_give_maskml_commands_that_parse(capsys):
+    text = (ROOT / "docs" / "docker.md").read_text().replace("\\\n", " ")
+    runs = [shlex.split(line) for line in re.findall(r"^docker run .+$", text, flags=re.M)]
+    assert len(runs) >= 4
+    for words in runs:
+        image = next(i for i, word in enumerate(words) if word.startswith("maskml:"))
+        try:
+            build_parser().parse_args(words[image + 1:])
+        except SystemExit:
+            pytest.fail(f"docs/docker.md: `maskml {shlex.join(words[image + 1:])}` does not parse: "
+                        f"{capsys.readouterr().err.strip()}")
 
 
 def test_image_runs_maskml_as_a_user_with_the_cache_as_a_volume(cpu_image):
