@@ -257,6 +257,19 @@ def test_segment_in_the_container_with_a_checkpoint_from_the_host(cpu_image, che
     assert not (work / "outside.png").exists()
 
 
+def test_a_checkpoint_the_image_user_may_not_read_is_one_line(cpu_image, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o755)
+    (cache / "mobile_sam.pt").write_bytes(b"PK\x03\x04")
+    (cache / "mobile_sam.pt").chmod(0o600)  # this user's (root's, in CI), not the image's user's
+    done = docker("run", "--rm", "--network", "host", "-v", f"{cache}:/cache",
+                  "-v", f"{FIXTURES / 'sam' / 'truck_1200x800.png'}:/data/truck.png:ro",
+                  cpu_image, "segment", "truck.png", "--point", "1,1", "--out", "/tmp/mask.png", check=False)
+    assert done.returncode == 2 and done.stderr == (
+        "maskml segment: error: checkpoint /cache/mobile_sam.pt is not readable by the user running maskml: "
+        "give it read permission (chmod a+r) or run as its owner.\n")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
