@@ -38,6 +38,7 @@ from maskml.zoo import get_entry
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 IMAGE_TAG = "maskml-test:cpu"
+TEST_LABEL = "maskml-test=1"
 SHARED_MARK = "# From here on Dockerfile and Dockerfile.cuda are the same"
 # Debian's trust store of this machine goes into the base image: where the way out to PyPI is
 # through a TLS proxy, its certificate authority is in there
@@ -169,9 +170,11 @@ def cpu_image(base_image, torch_index, tmp_path_factory) -> str:
                                "--build-arg", f"BASE_IMAGE={base_image}",
                                "--build-arg", f"TORCH_INDEX_URL={torch_index}",
                                "--build-arg", f"TORCH_VERSION={torch.__version__}",
-                               "-t", IMAGE_TAG, str(ROOT)],
+                               "--label", TEST_LABEL, "-t", IMAGE_TAG, str(ROOT)],
                               stdout=log, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S)
     assert done.returncode == 0, f"docker build failed:\n{log_path.read_text()[-5000:]}"
+    # the images of earlier runs, untagged by this one (their layers in common with it stay cached)
+    docker("image", "prune", "--force", "--filter", f"label={TEST_LABEL}")
     return IMAGE_TAG
 
 
