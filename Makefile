@@ -38,11 +38,29 @@ window-test-deps: install
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends \
 			$(WINDOW_TEST_APT_PACKAGES); fi
 
+# The Docker images' test needs a Docker engine (Debian's docker.io: the test starts its dockerd
+# when none answers) and debootstrap, which builds the test's base image where no container
+# registry is reached. System packages come from apt, as for the window test.
+DOCKER_TEST_APT_PACKAGES := docker.io debootstrap
+DOCKER_TEST_NEEDS := make test needs a Docker engine and debootstrap for the Docker images' test \
+	(Debian/Ubuntu packages: $(DOCKER_TEST_APT_PACKAGES))
+
+.PHONY: docker-test-deps
+docker-test-deps:
+	@if ! command -v debootstrap >/dev/null || \
+			{ ! command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; }; then \
+		if ! command -v apt-get >/dev/null || { [ -n "$(SUDO)" ] && ! command -v sudo >/dev/null; }; then \
+			echo "$(DOCKER_TEST_NEEDS): there is no apt-get (or no root / sudo to run it) here, so install" \
+				"them with your package manager" >&2; \
+			exit 1; fi; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends \
+			$(DOCKER_TEST_APT_PACKAGES); fi
+
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass
 run_pytest = @$(PYTHON) -m pytest -q -p no:cacheprovider $(1); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
-test: install window-test-deps
+test: install window-test-deps docker-test-deps
 	$(call run_pytest)
 
 # Opt-in, for systems without apt: every test but the demo window's (which needs Xvfb and xdotool)

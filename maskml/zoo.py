@@ -96,8 +96,12 @@ def read_checkpoint(entry: ModelEntry, path: str | Path, progress: bool = False)
         raise MaskmlError(f"checkpoint {path} is a folder, not a file: give the checkpoint file itself ({official}).")
     if not path.is_file():
         raise MaskmlError(f"checkpoint file {path} does not exist ({official}).")
-    with open(path, "rb") as f:
-        head = f.read(len(ZIP_MAGIC))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except PermissionError:
+        raise MaskmlError(f"checkpoint {path} is not readable by the user running maskml: give it read permission "
+                          f"(chmod a+r) or run as its owner.") from None
     zipped = head == ZIP_MAGIC
     if not zipped and not head.startswith(b"\x80"):
         raise MaskmlError(f"{path} is not a checkpoint: a PyTorch checkpoint is a zip archive (or an old-style "
