@@ -23,7 +23,13 @@ WINDOW_TEST_APT_PACKAGES := xvfb xdotool libgl1 libglib2.0-0 libsm6 libice6 libx
 WINDOW_TEST_NEEDS := make test needs Xvfb, xdotool and OpenCV's GL/X libraries for the demo window's test \
 	(Debian/Ubuntu packages: $(WINDOW_TEST_APT_PACKAGES))
 
-.PHONY: install demo test test-core bench window-test-deps
+# The browser tests of `maskml serve` drive Debian's Chromium (apt's chromium; Playwright's own browser
+# download is never used) through Playwright for Python, which `install` brings with the dev extra.
+CHROMIUM := /usr/bin/chromium
+BROWSER_TEST_NEEDS := make test needs Chromium at $(CHROMIUM) for the browser tests of maskml serve \
+	(Debian/Ubuntu package: chromium)
+
+.PHONY: install demo test test-core bench window-test-deps browser-test-deps
 
 window-test-deps: install
 	@version=$$($(PYTHON) -c "from importlib.metadata import version; print(version('opencv-python-headless'))"); \
@@ -38,16 +44,25 @@ window-test-deps: install
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends \
 			$(WINDOW_TEST_APT_PACKAGES); fi
 
+browser-test-deps: install
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if ! command -v apt-get >/dev/null || { [ -n "$(SUDO)" ] && ! command -v sudo >/dev/null; }; then \
+			echo "$(BROWSER_TEST_NEEDS): there is no apt-get (or no root / sudo to run it) here, so install" \
+				"it with your package manager, or run \`make test-core\` to run every test but those" >&2; \
+			exit 1; fi; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends chromium; fi
+
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass
 run_pytest = @$(PYTHON) -m pytest -q -p no:cacheprovider $(1); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
-test: install window-test-deps
+test: install window-test-deps browser-test-deps
 	$(call run_pytest)
 
-# Opt-in, for systems without apt: every test but the demo window's (which needs Xvfb and xdotool)
+# Opt-in, for systems without apt: every test but the demo window's (which needs Xvfb and xdotool) and
+# the browser tests of maskml serve (which need Chromium)
 test-core: install
-	$(call run_pytest,--deselect tests/test_demo.py::test_window_under_xvfb)
+	$(call run_pytest,--deselect tests/test_demo.py::test_window_under_xvfb --ignore tests/test_serve_browser.py)
 
 bench: install
 	$(PYTHON) benchmarks/bench_sam.py

@@ -249,6 +249,7 @@ class Session:
         self.pipeline = Pipeline(tracker, manager.prompter)
         self.embedded: tuple[int, np.ndarray] | None = None  # (index, frame) the pipeline holds the embedding of
         self.snapshots: dict[int, tuple] = {}  # frame -> (tracker, object ids) before that frame was tracked
+        self.last_written: tuple[int, np.ndarray] | None = None  # the latest frame's labels, not read back per click
         self.cancel = threading.Event()
         self.busy = threading.Lock()  # one piece of model work at a time in a session
         self.tracking = False
@@ -275,6 +276,8 @@ class Session:
 
     def labels(self, frame: int) -> np.ndarray:
         """The masks of a frame as an H x W uint8 id map (all 0 where nothing was computed yet)."""
+        if self.last_written is not None and self.last_written[0] == frame:
+            return self.last_written[1].copy()
         path = self.labels_dir / f"{self.source.names[self.check_frame(frame)]}.png"
         return read_mask(path) if path.exists() else np.zeros(self.size, np.uint8)
 
@@ -387,6 +390,7 @@ class Session:
             self.prompts = {k: p for k, p in self.prompts.items() if k[1] != object_id}
             self.history = [h for h in self.history if h[0][1] != object_id]
             del self.objects[object_id]
+            self.last_written = None
             for path in self.labels_dir.glob("*.png"):
                 ids = read_mask(path)
                 if (ids == object_id).any():
@@ -399,6 +403,7 @@ class Session:
 
     def _write_labels(self, frame: int, ids: np.ndarray) -> None:
         write_mask(self.labels_dir / f"{self.source.names[frame]}.png", ids)
+        self.last_written = (frame, ids)
 
     def _changed(self, frame: int) -> None:
         self.stale_from = frame if self.stale_from is None else min(self.stale_from, frame)
