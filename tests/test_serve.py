@@ -139,8 +139,8 @@ def test_limits_and_bad_uploads_are_clear_and_leave_nothing(serve_models, frame_
     with client:
         too_big = upload(client, frame_png + bytes(100), "big.png")
         assert too_big.status_code == 413 and "upload limit" in too_big.json()["detail"]
-        client_limits = client_for(serve_models, limits=Limits(max_frames=5))[0]
-        long = upload(client_limits, small_clip.read_bytes(), "long.mp4")
+        with client_for(serve_models, limits=Limits(max_frames=5))[0] as client_limits:
+            long = upload(client_limits, small_clip.read_bytes(), "long.mp4")
         assert long.status_code == 413 and "more than 5 frames" in long.json()["detail"]
         kind = upload(client, b"MZ", "tool.exe")
         assert kind.status_code == 415 and "image" in kind.json()["detail"] and "video" in kind.json()["detail"]

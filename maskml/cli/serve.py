@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import sys
 
 from maskml.cli.backend import add_backend_arguments, backend_options
 from maskml.errors import MaskmlError
@@ -75,6 +74,7 @@ def run(args) -> None:
     from maskml.serve.server import bind, is_loopback, server_for, url_of
     from maskml.serve.sessions import SessionManager
 
+    args.on_interrupt = "stopped; the sessions' files are deleted"  # Ctrl-C is how it ends
     limits = limits_of(args)
     options = parse_options(args.option)
     if tracker_family(args.tracker) != "cutie":
@@ -98,4 +98,3 @@ def run(args) -> None:
         server_for(app).run(sockets=[sock])
     finally:
         sock.close()
-    print("maskml serve: stopped; the sessions' files are deleted", file=sys.stderr)

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,7 @@ class SessionManager:
         self.tracker_options = tracker_options or {}
         self.clock = clock
         self.root = Path(tempfile.mkdtemp(prefix="maskml-serve-"))  # 0700: other users do not read the uploads
+        self._remove_root = weakref.finalize(self, shutil.rmtree, self.root, True)  # at the latest when Python exits
         self.sessions: dict[str, Session] = {}
         self.expired: set[str] = set()
         self._reserved = 0  # uploads under way, counted with the sessions
@@ -224,7 +226,7 @@ class SessionManager:
     def shutdown(self) -> None:
         for session_id in list(self.sessions):
             self.close(session_id)
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._remove_root()
 
 
 class Session:
