@@ -35,7 +35,7 @@ from maskml.errors import MaskmlError
 from maskml.io.draw import draw_masks, palette_color
 from maskml.io.images import read_image, write_image
 from maskml.io.masks import read_mask, write_mask
-from maskml.io.rle import encode_rle
+from maskml.io.rle import encode_objects
 from maskml.io.video import VIDEO_SUFFIXES, open_video
 from maskml.predict.checks import DEFAULT_MAX_OBJECTS
 from maskml.predict.cutie.tracker import TrackerOutput, VideoTracker
@@ -285,11 +285,9 @@ class Session:
 
     def masks(self, frame: int) -> dict:
         """The masks of a frame, one COCO RLE (uncompressed counts) per object present."""
-        ids = torch.from_numpy(self.labels(frame))
-        present = [i for i in ids.unique().tolist() if i]
-        rles = encode_rle(ids[None] == torch.tensor(present)[:, None, None]) if present else []
+        objects = encode_objects(torch.from_numpy(self.labels(frame)))
         return {"frame": frame, "size": list(self.size), "stale": self.stale_from is not None and frame >= self.stale_from,
-                "objects": [{"id": i, "counts": rle["counts"]} for i, rle in zip(present, rles)]}
+                "objects": [{"id": i, "counts": rle["counts"].tolist()} for i, rle in objects]}
 
     def frame_image(self, frame: int) -> np.ndarray:
         with self.display_lock:
