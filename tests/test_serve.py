@@ -52,7 +52,7 @@ def test_clicks_give_the_prompters_masks_undo_and_exports(serve_models, frame_pn
         session = upload(client, frame_png, "frame.png").json()
         assert (session["kind"], session["width"], session["height"], session["frames"]) == ("image", 160, 96, 1)
         base = f"/api/sessions/{session['id']}"
-        assert client.post(f"{base}/frames/0/embed").status_code == 200
+        assert client.post(f"{base}/frames/0/embed").json() == {"frame": 0, "embedded": True}
         first = client.post(f"{base}/prompts", json={"object": 1, "point": [80, 48]}).json()
         second = client.post(f"{base}/prompts", json={"object": 1, "point": [10, 10], "label": 0}).json()
 

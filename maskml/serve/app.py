@@ -157,10 +157,10 @@ def create_app(manager: SessionManager, token: str | None = None, models: str = 
 
     @app.post("/api/sessions/{session_id}/frames/{frame}/embed", summary="Compute a frame's image embedding now",
               description="The first click on a frame waits for its embedding; the page asks for it when a "
-                          "frame is shown, so clicks only run the mask decoder.")
+                          "frame has been shown a moment, so clicks only run the mask decoder. Skipped "
+                          "(embedded: false) while the session is busy: a click embeds its frame anyway.")
     def embed(session_id: str, frame: int):
-        manager.get(session_id).embed(frame)
-        return {"frame": frame}
+        return {"frame": frame, "embedded": manager.get(session_id).embed(frame)}
 
     @app.get("/api/sessions/{session_id}/frames/{frame}/masks", summary="A frame's masks",
              description="rle: one COCO RLE (uncompressed counts, column-major) per object; png: the indexed "

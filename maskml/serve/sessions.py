@@ -319,10 +319,18 @@ class Session:
         if self.tracking:
             raise RequestError("this session is tracking: wait for it, or cancel it, then click", 409)
 
-    def embed(self, frame: int) -> None:
-        """Compute the frame's image embedding now, so the clicks on it only run the mask decoder."""
-        with self.working():
+    def embed(self, frame: int) -> bool:
+        """Compute the frame's image embedding now, so the clicks on it only run the mask decoder. Only a
+        head start: while the session works (tracking, or another frame's embedding while the user
+        scrubs) it is skipped, and False returned; a click embeds its frame anyway."""
+        self.check_frame(frame)
+        if self.tracking or not self.busy.acquire(blocking=False):
+            return False
+        try:
             self._embed(frame)
+        finally:
+            self.busy.release()
+        return True
 
     def _embed(self, frame: int) -> np.ndarray:
         """The frame, as the array the pipeline holds the embedding of."""

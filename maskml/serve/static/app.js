@@ -3,7 +3,8 @@
 
 const $ = (selector) => document.querySelector(selector);
 const ALPHA = 0.5;  // mask tint, as maskml's overlays
-const DRAG_PIXELS = 5;  // a press and release closer than this (screen pixels) is a click, farther a box
+const DRAG_PIXELS = 5;
+const EMBED_AFTER_MS = 250;  // a press and release closer than this (screen pixels) is a click, farther a box
 
 const state = {
   session: null,  // the API's description of the session
@@ -118,7 +119,9 @@ async function showFrame(index) {
     state.masks = masks;
     $("#frame-label").textContent = `frame ${index} / ${state.session.frames - 1}`;
     draw();
-    api(sessionPath(`/frames/${index}/embed`), {method: "POST"}).catch(() => {});  // so clicks only decode
+    setTimeout(() => {  // a frame still shown after a moment (not one passed while scrubbing): clicks will only decode
+      if (request === frameRequest) api(sessionPath(`/frames/${index}/embed`), {method: "POST"}).catch(() => {});
+    }, EMBED_AFTER_MS);
   } catch (error) {
     fail(error);
   } finally {
