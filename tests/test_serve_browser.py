@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from maskml.cli import main
 from maskml.io.draw import palette_color
-from maskml.serve import SessionManager, create_app, running_server
+from maskml.serve import Limits, SessionManager, create_app, running_server
 from test_serve import frame_ids
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -157,3 +158,30 @@ def test_track_correct_and_export_as_maskml_track(page, small_clip, tmp_path, sa
     assert (exported / "overlay.mp4").read_bytes() == (tmp_path / "cli.mp4").read_bytes()
     coco = json.loads((exported / "annotations.json").read_text())
     assert {a["category_id"] for a in coco["annotations"]} == {1, 2} and len(coco["images"]) == 10
+
+
+def test_refusals_are_shown_in_the_page(browser, serve_models, tmp_path):
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tiny)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(big)
+    (tmp_path / "notes.txt").write_text("not an image")
+    limits = Limits(max_upload_bytes=4096, max_sessions=1)
+    with running_server(create_app(SessionManager(*serve_models, limits=limits))) as url:
+        pages = []
+        for _ in range(2):
+            context = browser.new_context()
+            pages.append(context.new_page())
+            pages[-1].goto(url)
+        first, second = pages
+        for path, words in ((big, "Too large: big.png is larger than this server's upload limit"),
+                            (tmp_path / "notes.txt", "Unsupported file: notes.txt is not a file type")):
+            first.set_input_files("#file", str(path))
+            first.wait_for_function("document.querySelector('#message').className === 'error'")
+            assert first.locator("#message").inner_text().startswith(words)
+        open_file(first, tiny)
+        second.set_input_files("#file", str(tiny))
+        second.wait_for_function("document.querySelector('#message').className === 'error'")
+        assert second.locator("#message").inner_text().startswith("Too many sessions: this server holds 1 sessions")
+        for page in pages:
+            page.context.close()
