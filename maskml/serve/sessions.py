@@ -251,7 +251,9 @@ class Session:
         self.pipeline = Pipeline(tracker, manager.prompter)
         self.embedded: tuple[int, np.ndarray] | None = None  # (index, frame) the pipeline holds the embedding of
         self.snapshots: dict[int, tuple] = {}  # frame -> (tracker, object ids) before that frame was tracked
-        self.last_written: tuple[int, np.ndarray] | None = None  # the latest frame's labels, not read back per click
+        # frame -> labels of the frames clicked on since tracking last wrote them: kept in memory, as a
+        # click's answer must be quick (a PNG of a large frame takes longer to write than the mask to decode)
+        self.previews: dict[int, np.ndarray] = {}
         self.cancel = threading.Event()
         self.busy = threading.Lock()  # one piece of model work at a time in a session
         self.tracking = False
@@ -278,8 +280,8 @@ class Session:
 
     def labels(self, frame: int) -> np.ndarray:
         """The masks of a frame as an H x W uint8 id map (all 0 where nothing was computed yet)."""
-        if self.last_written is not None and self.last_written[0] == frame:
-            return self.last_written[1].copy()
+        if frame in self.previews:
+            return self.previews[frame].copy()
         path = self.labels_dir / f"{self.source.names[self.check_frame(frame)]}.png"
         return read_mask(path) if path.exists() else np.zeros(self.size, np.uint8)
 
@@ -357,8 +359,10 @@ class Session:
             prompt.check_inside(self.size)
             mask = self.pipeline.segment(self._embed(frame), [prompt]) > 0
             before = self.labels(frame)
-            self._write_labels(frame, np.where(mask.cpu().numpy(), object_id,
-                                               np.where(before == object_id, 0, before)).astype(np.uint8))
+            ids = before.copy()
+            ids[ids == object_id] = 0  # the object's new mask replaces its old one, over the other objects
+            ids[mask.cpu().numpy()] = object_id
+            self.previews[frame] = ids
             created = object_id not in self.objects
             self.objects.setdefault(object_id, f"object {object_id}")
             self.prompts[key] = prompt
@@ -378,7 +382,7 @@ class Session:
                 self.prompts[(frame, object_id)] = old
             if created:
                 del self.objects[object_id]
-            self._write_labels(frame, before)
+            self.previews[frame] = before
             self._changed(frame)
             return self.masks(frame)
 
@@ -398,7 +402,7 @@ class Session:
             self.prompts = {k: p for k, p in self.prompts.items() if k[1] != object_id}
             self.history = [h for h in self.history if h[0][1] != object_id]
             del self.objects[object_id]
-            self.last_written = None
+            self.previews = {f: np.where(ids == object_id, 0, ids) for f, ids in self.previews.items()}
             for path in self.labels_dir.glob("*.png"):
                 ids = read_mask(path)
                 if (ids == object_id).any():
@@ -411,7 +415,7 @@ class Session:
 
     def _write_labels(self, frame: int, ids: np.ndarray) -> None:
         write_mask(self.labels_dir / f"{self.source.names[frame]}.png", ids)
-        self.last_written = (frame, ids)
+        self.previews.pop(frame, None)
 
     def _changed(self, frame: int) -> None:
         self.stale_from = frame if self.stale_from is None else min(self.stale_from, frame)
