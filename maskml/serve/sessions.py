@@ -44,6 +44,7 @@ from maskml.predict.pipeline import Pipeline, Prompt
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 EXPORTS = ("masks.zip", "annotations.json", "overlay.mp4", "overlay.png")
 LOCK_WAIT_SECONDS = 600.0  # the longest a request waits for another one's work in its session
+REMOVE_WAIT_SECONDS = 10.0  # how long closing a session waits for its tracking to stop (one frame, or an export)
 MAX_SNAPSHOTS = 20  # tracker states kept per video, spread over it: a re-track starts at most len / 20 frames early
 
 
@@ -527,8 +528,15 @@ class Session:
             return folder / name
 
     def remove(self) -> None:
+        """Close the session and delete its folder, once the work under way has stopped (tracking stops
+        at its next frame)."""
         self.cancel.set()
-        for video in {id(self.source): self.source, id(self.display): self.display}.values():
-            if hasattr(video, "close"):
-                video.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        held = self.busy.acquire(timeout=REMOVE_WAIT_SECONDS)
+        try:
+            for video in {id(self.source): self.source, id(self.display): self.display}.values():
+                if hasattr(video, "close"):
+                    video.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+        finally:
+            if held:
+                self.busy.release()
