@@ -94,3 +94,27 @@ def sam2_checkpoint(tmp_path_factory) -> Path:
     """The sam2.1_hiera_t parity checkpoint in the official {'model': state_dict} layout."""
     return write_parity_checkpoint(FIXTURES / "sam2" / "manifest_sam2.1_hiera_tiny.json",
                                    tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt", wrap_key="model")
+
+
+@pytest.fixture(scope="session")
+def small_clip(tmp_path_factory) -> Path:
+    """The ten judo frames at 160x96 as an .mp4 (MPEG-4 part 2: quick to write and read)."""
+    import cv2
+    from PIL import Image
+
+    from maskml.io.video import VideoWriter
+
+    clip = tmp_path_factory.mktemp("small_clip") / "judo.mp4"
+    with VideoWriter(clip, fps=10, size=(160, 96), codecs=("mp4v",)) as video:
+        for path in sorted((FIXTURES / "cutie" / "inputs" / "images" / "judo").glob("*.jpg")):
+            video.write(cv2.resize(np.array(Image.open(path).convert("RGB")), (160, 96), interpolation=cv2.INTER_AREA))
+    return clip
+
+
+@pytest.fixture(scope="session")
+def serve_models(sam_checkpoints, cutie_small_checkpoint):
+    """(prompter, tracker) for `maskml serve` tests: mobile_sam and cutie_small with the stand-in weights."""
+    import maskml
+
+    return (maskml.load_model("mobile_sam", checkpoint=sam_checkpoints["mobile_sam"]),
+            maskml.load_model("cutie_small", checkpoint=cutie_small_checkpoint))

@@ -282,3 +282,11 @@ def test_broken_video_prints_only_maskmls_line(tmp_path):
         assert run.returncode == 2
         assert run.stderr.startswith(f"maskml track: error: cannot decode video {tmp_path / name}") and \
             run.stderr.count("\n") == 1, run.stderr
+
+
+def test_coco_output_is_a_json_file(tmp_path, capsys):
+    args = ["track", str(JUDO), "--mask-dir", str(JUDO_MASKS), "--out", str(tmp_path / "out")]
+    assert main(args + ["--coco", str(tmp_path / "masks.txt")]) == 2
+    assert "--coco" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(args + ["--coco", str(JUDO_MASKS / "masks.json")]) == 2  # nothing is written into an input
+    assert "lies inside the input --mask-dir" in capsys.readouterr().err

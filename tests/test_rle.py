@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from maskml import MaskmlError
-from maskml.io.rle import compress_rle, decode_rle, encode_rle, encode_rle_compact, rle_area
+from maskml.io.rle import compress_rle, decode_rle, encode_rle, encode_rle_compact, object_annotations, rle_area
 
 
 def from_counts(counts, h, w):
@@ -105,3 +105,15 @@ def test_bad_input():
         decode_rle({"size": [2, 2], "counts": "X"})  # 0x20 set: more groups promised, none follow
     with pytest.raises(MaskmlError, match=r"\(H, W\) or \(N, H, W\)"):
         encode_rle(torch.zeros(2, 2, 2, 2, dtype=torch.bool))
+
+
+def test_object_annotations_one_per_object():
+    ids = torch.zeros(6, 8, dtype=torch.int64)
+    ids[1:3, 2:5] = 3  # rows 1-2, columns 2-4
+    ids[5, 7] = 1
+    first, second = object_annotations(ids)
+    assert (first["category_id"], first["area"], first["bbox"], first["iscrowd"]) == (1, 1, [7, 5, 1, 1], 0)
+    assert (second["category_id"], second["area"], second["bbox"]) == (3, 6, [2, 1, 3, 2])
+    assert torch.equal(decode_rle(second["segmentation"]), ids == 3)
+    assert isinstance(second["segmentation"]["counts"], str)  # compressed, as COCO files hold it
+    assert object_annotations(torch.zeros(4, 4, dtype=torch.int64)) == []

@@ -15,7 +15,7 @@ from maskml.predict.checks import DEFAULT_MAX_OBJECTS
 EPILOG = """examples:
   maskml track video.mp4 --model cutie_small --mask-dir first_masks/ --out masks/ --overlay tracked.mp4
   maskml track video.mp4 --prompter mobile_sam --point 1:0:320,200 --point 1:0:330,90,0 \\
-      --box 2:40:500,100,640,360 --out masks/
+      --box 2:40:500,100,640,360 --out masks/ --coco masks.json
   maskml track --camera 0 --prompter mobile_sam --point 1:0:320,240 --out masks/ --overlay live.mp4
   maskml track frames/ --model cutie_base --mask-dir annotations/ --out masks/ --probs probs/ \\
       --option mem_every=3 --option use_long_term=true --option long_term.max_mem_frames=4
@@ -99,6 +99,9 @@ def register(subparsers) -> None:
     p.add_argument("--probs", help="output folder: per frame float16 .npy (objects, H, W) of probabilities")
     p.add_argument("--overlay", help="output video with the masks drawn over the frames: .mp4 (H.264, or VP9 "
                                      "where OpenCV has no H.264 encoder) or .webm (VP8, faster to encode)")
+    p.add_argument("--coco", metavar="FILE.json",
+                   help="output COCO annotations: one image per frame, one annotation (compressed RLE) per object "
+                        "and frame, the objects as categories")
     p.add_argument("--atomic", action="store_true",
                    help="all or nothing: the results move into --out/--probs only when every frame is done (by "
                         "default each frame's files appear as it is done, so an interrupted run keeps them)")
@@ -300,7 +303,8 @@ def result_writer(args, source, all_ids: set[int], total: int | None):
     from maskml.io.results import ResultWriter
 
     results = ResultWriter(args.out, args.probs, args.overlay, object_ids=all_ids, size=source.size,
-                           fps=source.fps, source=source if total is not None else None, atomic=args.atomic)
+                           fps=source.fps, source=source if total is not None else None, atomic=args.atomic,
+                           coco=args.coco)
     try:
         with results:
             yield results
@@ -318,18 +322,20 @@ def result_writer(args, source, all_ids: set[int], total: int | None):
 def outputs_line(args, results) -> str:
     """" -> masks/, probs/, overlay tracked.mp4 (VP9)": where the results went."""
     overlay = f", overlay {args.overlay} ({results.codec})" if results.overlay_kept else ""
-    return f" -> {', '.join(str(p) for p in (args.out, args.probs) if p)}{overlay}"
+    return f" -> {', '.join(str(p) for p in (args.out, args.probs, args.coco) if p)}{overlay}"
 
 
 def run(args) -> None:
     import maskml
     from maskml.io.outputs import check_outputs
-    from maskml.io.results import check_overlay_suffix
+    from maskml.io.results import check_coco_suffix, check_overlay_suffix
     from maskml.io.stream import LiveStream, open_source
 
     check_overlay_suffix(args.overlay)
+    check_coco_suffix(args.coco)
     check_outputs({**source_inputs(args), "--mask-dir": args.mask_dir},
-                  folders={"--out": args.out, "--probs": args.probs}, files={"--overlay": args.overlay})
+                  folders={"--out": args.out, "--probs": args.probs},
+                  files={"--overlay": args.overlay, "--coco": args.coco})
     options = parse_options(args.option)
     sam2 = tracker_family(args.model) == "sam2"
     if args.direction and not sam2:

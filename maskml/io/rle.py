@@ -10,6 +10,8 @@ places back, in 5-bit groups, low first, with 0x20 as "more follows" and the sig
     rles = encode_rle(masks)               # [{"size": [H, W], "counts": [ints]}, ...]
     compress_rle(rles[0])["counts"]        # e.g. "92203", as pycocotools writes it
     decode_rle(rle), rle_area(rle)         # either form
+    encode_objects(ids)                    # [(object id, RLE)] of an H x W id map
+    object_annotations(ids)                # one COCO annotation per object id of an H x W id map
 """
 from __future__ import annotations
 
@@ -66,6 +68,34 @@ def decode_rle(rle: dict) -> torch.Tensor:
 def rle_area(rle: dict) -> int:
     """Foreground pixels, from the counts alone."""
     return int(sum(_counts(rle)[1::2]))
+
+
+def encode_objects(ids: torch.Tensor) -> list[tuple[int, dict]]:
+    """H x W object ids (0 = background) -> (id, RLE as encode_rle_compact gives it) for each id present,
+    in increasing order."""
+    pixels = torch.bincount(ids.reshape(-1).long())  # which ids are present, in one pass (unique() sorts)
+    present = (pixels[1:].nonzero().reshape(-1) + 1).tolist()
+    if not present:
+        return []
+    masks = ids[None] == torch.tensor(present, device=ids.device)[:, None, None]
+    return list(zip(present, encode_rle_compact(masks)))
+
+
+def object_annotations(ids: torch.Tensor) -> list[dict]:
+    """H x W object ids -> one COCO annotation per id > 0, in increasing id order: category_id (the
+    object id), segmentation (compressed RLE), area, bbox (x, y, width, height, inclusive of the last
+    row and column as pycocotools' toBbox gives it: x1 - x0 + 1), iscrowd 0."""
+    from maskml.ops.boxes import masks_to_boxes
+
+    objects = encode_objects(ids)
+    if not objects:
+        return []
+    boxes = masks_to_boxes(ids[None] == torch.tensor([obj for obj, _ in objects], device=ids.device)[:, None, None])
+    annotations = []
+    for (obj, rle), (x0, y0, x1, y1) in zip(objects, boxes.tolist()):
+        annotations.append({"category_id": obj, "segmentation": compress_rle(rle), "area": rle_area(rle),
+                            "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1], "iscrowd": 0})
+    return annotations
 
 
 def compress_rle(rle: dict) -> dict:
