@@ -23,7 +23,7 @@ WINDOW_TEST_APT_PACKAGES := xvfb xdotool libgl1 libglib2.0-0 libsm6 libice6 libx
 WINDOW_TEST_NEEDS := make test needs Xvfb, xdotool and OpenCV's GL/X libraries for the demo window's test \
 	(Debian/Ubuntu packages: $(WINDOW_TEST_APT_PACKAGES))
 
-.PHONY: install demo test test-core bench window-test-deps
+.PHONY: install demo test test-core bench window-test-deps onnx-web-deps
 
 window-test-deps: install
 	@version=$$($(PYTHON) -c "from importlib.metadata import version; print(version('opencv-python-headless'))"); \
@@ -38,11 +38,23 @@ window-test-deps: install
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends \
 			$(WINDOW_TEST_APT_PACKAGES); fi
 
+# The browser decoder's test (tests/test_onnx_web.py) runs the exported decoder in onnxruntime-web under Node:
+# the pinned package goes into build/ once (npm from Node.js 18 or later)
+ONNX_WEB := build/onnxruntime-web
+ONNX_WEB_VERSION := 1.31.1
+
+onnx-web-deps:
+	@grep -qs '"version": "$(ONNX_WEB_VERSION)"' $(ONNX_WEB)/node_modules/onnxruntime-web/package.json || { \
+		command -v npm >/dev/null || { echo "make test needs Node.js 18+ with npm for the browser decoder's test" \
+			"(tests/test_onnx_web.py): install Node.js from your package manager or nodejs.org" >&2; exit 1; }; \
+		npm install --prefix $(ONNX_WEB) --save-exact --no-audit --no-fund --loglevel=error \
+			onnxruntime-web@$(ONNX_WEB_VERSION); }
+
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass
 run_pytest = @$(PYTHON) -m pytest -q -p no:cacheprovider $(1); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
-test: install window-test-deps
+test: install window-test-deps onnx-web-deps
 	$(call run_pytest)
 
 # Opt-in, for systems without apt: every test but the demo window's (which needs Xvfb and xdotool)
