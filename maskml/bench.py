@@ -292,7 +292,9 @@ def bench_model(name: str, checkpoint, images: list[np.ndarray], runs: int, devi
         return rows, notes
     from maskml.export.exporter import export_model
 
-    variants = [("ORT fp32", None), ("ORT int8", "int8")] + ([("ORT int8-static", "int8-static")] if calibration else [])
+    variants = [("ORT fp32", None), ("ORT int8", "int8")]
+    if calibration:
+        variants.append(("ORT int8-static", "int8-static"))
     with _scratch() as scratch:
         for label, quantize in variants:
             folder = export_model(name, scratch / label.replace(" ", "_"), checkpoint, quantize=quantize,

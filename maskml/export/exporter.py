@@ -132,7 +132,8 @@ def _quantize(path: Path, quantize: str, calibration: list[torch.Tensor] | None)
     """int8: dynamic quantization (int8 MatMul weights, activations quantized on the fly: the faster one
     on CPUs). int8-static: QDQ quantization of MatMul and Conv, weights per channel, activation ranges
     from the calibration inputs (the format that QDQ-consuming providers such as TensorRT run as int8)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
 
     if path.with_name(f"{path.name}.data").exists():
         raise MaskmlError(f"--quantize {quantize} of a graph over 2 GB ({path.name}) is not supported yet")
