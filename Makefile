@@ -43,7 +43,7 @@ CHROMIUM := /usr/bin/chromium
 # registry is reached.
 DOCKER_TEST_APT_PACKAGES := docker.io debootstrap
 
-.PHONY: install demo test test-core bench window-test-deps browser-test-deps docker-test-deps
+.PHONY: install demo test test-core bench window-test-deps browser-test-deps docker-test-deps onnx-web-deps
 
 window-test-deps: install
 	@version=$$($(PYTHON) -c "from importlib.metadata import version; print(version('opencv-python-headless'))"); \
@@ -61,16 +61,28 @@ docker-test-deps:
 		{ command -v dockerd >/dev/null || docker info >/dev/null 2>&1; },$(DOCKER_TEST_APT_PACKAGES),a Docker \
 		engine and debootstrap for the Docker images' test)
 
+# The browser decoder's test (tests/test_onnx_web.py) runs the exported decoder in onnxruntime-web under Node:
+# the pinned package goes into build/ once (npm from Node.js 18 or later)
+ONNX_WEB := build/onnxruntime-web
+ONNX_WEB_VERSION := 1.31.1
+
+onnx-web-deps:
+	@grep -qs '"version": "$(ONNX_WEB_VERSION)"' $(ONNX_WEB)/node_modules/onnxruntime-web/package.json || { \
+		command -v npm >/dev/null || { echo "make test needs Node.js 18+ with npm for the browser decoder's test" \
+			"(tests/test_onnx_web.py): install Node.js from your package manager or nodejs.org" >&2; exit 1; }; \
+		npm install --prefix $(ONNX_WEB) --save-exact --no-audit --no-fund --loglevel=error \
+			onnxruntime-web@$(ONNX_WEB_VERSION); }
+
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass
 run_pytest = @$(PYTHON) -m pytest -q -p no:cacheprovider $(1); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
-test: install window-test-deps browser-test-deps docker-test-deps
+test: install window-test-deps browser-test-deps docker-test-deps onnx-web-deps
 	$(call run_pytest)
 
 # Opt-in, for systems without apt or root: every test but the demo window's (Xvfb and xdotool), the
 # browser tests of maskml serve (Chromium) and the Docker images' (a Docker engine, debootstrap as root)
-test-core: install
+test-core: install onnx-web-deps
 	$(call run_pytest,--deselect tests/test_demo.py::test_window_under_xvfb --ignore tests/test_serve_browser.py --ignore tests/test_docker.py)
 
 bench: install

@@ -95,7 +95,7 @@ def test_sam2_image_mode_matches_pytorch(sam2_checkpoint, sam2_export, truck):
 def test_sam_vit_b_decoder_matches_pytorch(sam_checkpoints, mobile_sam_export, tmp_path):
     """vit_b's decoder graph on one image embedding (a random one: the decoder is what is compared)."""
     model = maskml.load_model("sam_vit_b", checkpoint=sam_checkpoints["sam_vit_b"])
-    export_decoder(model, "sam", tmp_path, opset=17)
+    export_decoder(model, "sam", tmp_path, opset=17, upscale=False)
     sizes = {"original_size": (800, 1200), "input_size": (683, 1024)}
     embedding = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(0))
     torch_predictor = maskml.ImagePredictor(model)
@@ -103,7 +103,7 @@ def test_sam_vit_b_decoder_matches_pytorch(sam_checkpoints, mobile_sam_export, t
     # an ONNX Runtime model (its encoder graph unused) with vit_b's decoder graph
     manifest = dict(json.loads((mobile_sam_export / MANIFEST).read_text()), model="sam_vit_b")
     onnx_model = OnnxImageModel(mobile_sam_export, manifest, ["CPUExecutionProvider"])
-    onnx_model.decoder = _session(tmp_path / "decoder.onnx", ["CPUExecutionProvider"])
+    onnx_model.decoder = _session(tmp_path / "decoder_lowres.onnx", ["CPUExecutionProvider"])
     onnx_predictor = maskml.ImagePredictor(onnx_model)
     onnx_predictor._state = {"embedding": embedding, **sizes}
     assert_same_predictions(torch_predictor, onnx_predictor)
@@ -148,7 +148,8 @@ def test_manifest_lists_every_file_with_its_sha256(mobile_sam_export):
     manifest = json.loads((mobile_sam_export / MANIFEST).read_text())
     assert manifest["model"] == "mobile_sam" and manifest["maskml_version"] == maskml.__version__
     assert manifest["opset"] == 17 and manifest["encoder_precision"] == "float32"
-    assert set(manifest["graphs"]) == {"encoder", "decoder"} and "image" in manifest["graphs"]["encoder"]["inputs"]
+    assert set(manifest["graphs"]) == {"encoder", "decoder", "decoder_lowres"}
+    assert "image" in manifest["graphs"]["encoder"]["inputs"]
     assert sorted(manifest["files"]) == sorted(p.name for p in mobile_sam_export.iterdir() if p.name != MANIFEST)
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((mobile_sam_export / name).read_bytes()).hexdigest() == digest
@@ -175,6 +176,38 @@ def test_int8_export_from_the_command_line(sam_checkpoints, mobile_sam_export, t
     int8 = maskml.ImagePredictor(maskml.load_model("mobile_sam", checkpoint=out, backend="onnxruntime"))
     int8.set_image(truck)
     assert int8.predict(points=[[500.0, 375.0]]).masks.any()
+
+
+def test_static_int8_export_is_calibrated_on_the_given_images(sam_checkpoints, mobile_sam_export, tmp_path, truck,
+                                                                capsys):
+    import onnx
+    from PIL import Image
+
+    out, images, empty = tmp_path / "qdq", tmp_path / "calibration", tmp_path / "empty"
+    empty.mkdir()
+    for flags, message in [([], "needs --calibration DIR"), (["--calibration", str(empty)], "not a folder of images")]:
+        assert main(["export", "mobile_sam", "--checkpoint", str(sam_checkpoints["mobile_sam"]), "--out", str(out),
+                     "--quantize", "int8-static", *flags]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+    images.mkdir()
+    Image.fromarray(truck).save(images / "truck.png")
+    assert main(["export", "mobile_sam", "--checkpoint", str(sam_checkpoints["mobile_sam"]), "--out", str(out),
+                 "--quantize", "int8-static", "--calibration", str(images)]) == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["encoder_precision"] == "int8-static" and manifest["encoder_calibration"] == ["truck.png"]
+    ops = {node.op_type for node in onnx.load(str(out / "encoder.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format, for providers that fuse it into int8 kernels
+    assert (out / "encoder.onnx").stat().st_size < 0.4 * (mobile_sam_export / "encoder.onnx").stat().st_size
+    predictors_ = {folder: maskml.ImagePredictor(maskml.load_model("mobile_sam", checkpoint=folder,
+                                                                   backend="onnxruntime"))
+                   for folder in (out, mobile_sam_export)}
+    masks = []
+    for predictor in predictors_.values():
+        predictor.set_image(truck)
+        masks.append(predictor.predict(points=[[500.0, 375.0]]).masks)
+    assert mask_iou(*masks) >= 0.9  # the issue's bar for a quantized graph
+    with pytest.raises(MaskmlError, match="--calibration applies to --quantize int8-static only"):
+        export_model("mobile_sam", tmp_path / "x", sam_checkpoints["mobile_sam"], quantize="int8", calibration=images)
 
 
 def test_segment_command_on_onnxruntime(mobile_sam_export, sam_checkpoints, tmp_path):
@@ -279,3 +312,29 @@ def test_export_outputs_are_checked_before_the_model_loads(tmp_path, capsys, mon
         assert main(["export", "mobile_sam", "--checkpoint", str(checkpoint), "--out", out]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"maskml export: error: {message}") and err.count("\n") == 1, err
+
+
+def test_demo_prompter_on_onnxruntime(mobile_sam_export, sam_checkpoints, cutie_small_checkpoint, small_judo, capsys):
+    """`maskml demo --backend onnxruntime`: the window's clicks become masks on the ONNX Runtime prompter
+    (built and driven headless, as tests/test_demo.py drives the PyTorch one)."""
+    from maskml.cli import build_parser
+    from maskml.cli.demo import load_pipeline
+    from maskml.demo import DemoSession
+    from maskml.io.video import open_video
+
+    labels = {}
+    for backend, checkpoint in (("torch", sam_checkpoints["mobile_sam"]), ("onnxruntime", mobile_sam_export)):
+        args = build_parser().parse_args(["demo", str(small_judo), "--checkpoint", str(cutie_small_checkpoint),
+                                          "--prompter", "mobile_sam", "--prompter-checkpoint", str(checkpoint),
+                                          "--backend", backend])
+        pipeline = load_pipeline(args, {})
+        assert getattr(pipeline.predictor.model, "backend", "torch") == backend
+        session = DemoSession(pipeline, open_video(small_judo))
+        session.on_mouse("left_down", 80, 48)
+        session.on_mouse("left_up", 80, 48)
+        labels[backend] = session.labels == 1
+    assert labels["torch"].any() and mask_iou(labels["onnxruntime"], labels["torch"]) >= 0.998
+    capsys.readouterr()  # the models' loading lines
+    assert main(["demo", str(small_judo), "--model", "sam2.1_hiera_t", "--backend", "onnxruntime"]) == 2
+    err = capsys.readouterr().err
+    assert "--backend onnxruntime runs the --prompter" in err and err.count("\n") == 1

@@ -13,7 +13,7 @@ import sys
 
 from maskml.errors import MaskmlError
 
-COMMANDS = ("segment", "track", "demo", "serve", "eval", "models", "export", "train", "data")
+COMMANDS = ("segment", "track", "demo", "serve", "eval", "models", "export", "bench", "train", "data")
 
 
 class Parser(argparse.ArgumentParser):

@@ -5,6 +5,7 @@ import argparse
 
 from maskml.errors import MaskmlError
 
+from maskml.cli.backend import add_backend_arguments, backend_options
 from maskml.cli.track import (add_prompter_arguments, add_source_arguments, load_tracker, parse_options, source_inputs,
                               tracker_family)
 from maskml.demo.window import opencv_swap_commands
@@ -13,6 +14,8 @@ EPILOG = """examples:
   maskml demo video.mp4 --model cutie_small --prompter mobile_sam
   maskml demo --camera 0 --model cutie_small --prompter mobile_sam --save-dir my_masks/
   maskml demo video.mp4 --model sam2.1_hiera_t          (SAM 2 takes the clicks itself)
+  maskml demo video.mp4 --prompter mobile_sam --prompter-checkpoint mobile_sam_onnx/ --backend onnxruntime
+                                                        (the clicks' masks from ONNX Runtime)
 
 in the window: left click = a point on the object, right click = a background point, drag = a box,
 n = next object, 1-9 = back to object 1-9, space = play / pause tracking, r = clear the current object, s = save the masks of
@@ -36,11 +39,32 @@ def register(subparsers) -> None:
     add_source_arguments(p)
     add_prompter_arguments(p)
     p.add_argument("--save-dir", default="demo_masks", help="folder for the masks saved with s (default demo_masks)")
+    add_backend_arguments(p)
     p.set_defaults(func=run)
 
 
-def run(args) -> None:
+def prompter_backend(args) -> dict:
+    """load_model's backend options for the --prompter."""
+    if args.backend == "onnxruntime" and not args.prompter:
+        raise MaskmlError("--backend onnxruntime runs the --prompter (e.g. --prompter mobile_sam --prompter-checkpoint "
+                          "FOLDER written by `maskml export`); the trackers run on PyTorch for now")
+    return backend_options(args)
+
+
+def load_pipeline(args, options: dict):
+    """The tracker and the --prompter, which runs on --backend (the tracker on PyTorch: its graphs are not
+    exported yet)."""
     import maskml
+
+    backend = prompter_backend(args)
+    tracker = load_tracker(args, options)
+    device = {"device": args.device} if args.backend == "torch" else {}
+    prompter = maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint, **device,
+                                 **backend) if args.prompter else None
+    return maskml.Pipeline(tracker, prompter)
+
+
+def run(args) -> None:
     from maskml.demo.session import DemoSession
     from maskml.demo.window import check_display, run_window
     from maskml.io.outputs import check_outputs
@@ -50,14 +74,13 @@ def run(args) -> None:
     options = parse_options(args.option)
     if tracker_family(args.model) == "cutie" and not args.prompter:
         raise MaskmlError(f"{args.model} needs --prompter NAME (e.g. mobile_sam) to turn clicks into masks")
+    prompter_backend(args)  # a wrong --backend or --providers fails before the window question
     check_display()
     source = open_source(args.video, args.camera)
     try:
-        tracker = load_tracker(args, options)
-        prompter = maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint,
-                                     device=args.device) if args.prompter else None
+        pipeline = load_pipeline(args, options)
         title = args.video if args.camera is None else f"camera {args.camera}"
-        run_window(DemoSession(maskml.Pipeline(tracker, prompter), source, save_dir=args.save_dir), title)
+        run_window(DemoSession(pipeline, source, save_dir=args.save_dir), title)
     finally:
         if hasattr(source, "close"):
             source.close()

@@ -9,7 +9,7 @@ from maskml.errors import MaskmlError
 MANIFEST = "manifest.json"
 DEFAULT_OPSET = 17
 OPSETS = range(14, 21)  # the graphs' operators need >= 14; the TorchScript exporter stops at 20
-QUANTIZATIONS = ("int8",)
+QUANTIZATIONS = ("int8", "int8-static")
 FORMAT = "maskml-onnx"
 IMAGE_FAMILIES = ("sam", "sam2")
 NOT_YET_EXPORTABLE = {

@@ -27,6 +27,7 @@ from maskml.export import (DEFAULT_OPSET, FORMAT, IMAGE_FAMILIES, MANIFEST, NOT_
 from maskml.export.graphs import ENCODER_INPUT, DecoderGraph, Sam2EncoderGraph, SamEncoderGraph
 from maskml.zoo import get_entry, load_model
 
+CALIBRATION_SUFFIXES = (".jpg", ".jpeg", ".png")
 _PROTOBUF_LIMIT = 2_000_000_000  # bytes a single .onnx file may hold; larger graphs keep weights in a .data file
 
 DECODER_CONVENTIONS = (
@@ -102,8 +103,9 @@ def export_encoder(model, family: str, folder: Path, opset: int) -> dict:
     return {"file": "encoder.onnx", "inputs": {"image": ENCODER_INPUT[family]}, "outputs": outputs}
 
 
-def export_decoder(model, family: str, folder: Path, opset: int) -> dict:
-    """decoder.onnx in `folder`; returns its manifest entry."""
+def export_decoder(model, family: str, folder: Path, opset: int, upscale: bool = True) -> dict:
+    """decoder.onnx in `folder` (upscale=False: decoder_lowres.onnx, without orig_im_size and masks);
+    returns its manifest entry."""
     size = model.image_size
     embedding = torch.randn(1, 256, size // 16, size // 16)
     features = (embedding,) if family == "sam" else (
@@ -111,41 +113,88 @@ def export_decoder(model, family: str, folder: Path, opset: int) -> dict:
     feature_names = ["image_embeddings", *(["high_res_feats_0", "high_res_feats_1"] if family == "sam2" else [])]
     prompts, points = 2, 3  # not 1: a traced size of 1 could be taken for a broadcast
     inputs = (*features, torch.rand(prompts, points, 2) * size, torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, 1.0]]),
-              torch.randn(prompts, 1, 256, 256), torch.ones(1), torch.tensor([700, 1000], dtype=torch.int64))
-    names = [*feature_names, "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
-    outputs = ["masks", "iou_predictions", "low_res_masks"]
+              torch.randn(prompts, 1, 256, 256), torch.ones(1))
+    names = [*feature_names, "point_coords", "point_labels", "mask_input", "has_mask_input"]
+    outputs = ["iou_predictions", "low_res_masks"]
     prompt_axes = {0: "prompts", 1: "points"}
-    _trace(DecoderGraph(model, family), inputs, folder / "decoder.onnx", names, outputs,
-           {"point_coords": prompt_axes, "point_labels": prompt_axes, "mask_input": {0: "prompts"},
-            "masks": {0: "prompts", 2: "height", 3: "width"}, "iou_predictions": {0: "prompts"},
-            "low_res_masks": {0: "prompts"}}, opset)
-    return {"file": "decoder.onnx", "inputs": names, "outputs": outputs, "conventions": DECODER_CONVENTIONS}
+    axes = {"point_coords": prompt_axes, "point_labels": prompt_axes, "mask_input": {0: "prompts"},
+            "iou_predictions": {0: "prompts"}, "low_res_masks": {0: "prompts"}}
+    if upscale:
+        inputs, names = (*inputs, torch.tensor([700, 1000], dtype=torch.int64)), [*names, "orig_im_size"]
+        outputs, axes = ["masks", *outputs], {**axes, "masks": {0: "prompts", 2: "height", 3: "width"}}
+    file = "decoder.onnx" if upscale else "decoder_lowres.onnx"
+    _trace(DecoderGraph(model, family, upscale), inputs, folder / file, names, outputs, axes, opset)
+    conventions = DECODER_CONVENTIONS if upscale else "decoder.onnx's, without orig_im_size and masks"
+    return {"file": file, "inputs": names, "outputs": outputs, "conventions": conventions}
 
 
-def _quantize_int8(path: Path) -> None:
-    """Dynamic quantization: int8 MatMul weights, activations quantized on the fly."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _quantize(path: Path, quantize: str, calibration: list[torch.Tensor] | None) -> None:
+    """int8: dynamic quantization (int8 MatMul weights, activations quantized on the fly: the faster one
+    on CPUs). int8-static: QDQ quantization of MatMul and Conv, weights per channel, activation ranges
+    from the calibration inputs (the format that QDQ-consuming providers such as TensorRT run as int8)."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
 
     if path.with_name(f"{path.name}.data").exists():
-        raise MaskmlError(f"--quantize int8 of a graph over 2 GB ({path.name}) is not supported yet")
+        raise MaskmlError(f"--quantize {quantize} of a graph over 2 GB ({path.name}) is not supported yet")
     float_path = path.with_name(f".{path.stem}.float32.onnx")
     path.rename(float_path)
     logging.disable(logging.WARNING)  # its advice to pre-process the graph first, printed on every call
     try:
-        quantize_dynamic(float_path, path, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+        if quantize == "int8":
+            quantize_dynamic(float_path, path, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+        else:
+            class Inputs(CalibrationDataReader):
+                def __init__(self) -> None:
+                    self.feeds = iter([{"image": image.numpy()} for image in calibration])
+
+                def get_next(self):
+                    return next(self.feeds, None)
+
+            quantize_static(float_path, path, Inputs(), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=["MatMul", "Conv"], per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:
         logging.disable(logging.NOTSET)
     float_path.unlink()
 
 
+def calibration_images(folder: str | Path | None, quantize: str | None) -> list[Path] | None:
+    """The images of --calibration, checked before the model loads."""
+    if quantize != "int8-static":
+        if folder is not None:
+            raise MaskmlError("--calibration applies to --quantize int8-static only")
+        return None
+    if folder is None:
+        raise MaskmlError("--quantize int8-static needs --calibration DIR: a folder of a few typical images "
+                          "(jpg, png) to measure the activation ranges on")
+    images = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in CALIBRATION_SUFFIXES
+                    and not p.name.startswith(".")) if Path(folder).is_dir() else []
+    if not images:
+        raise MaskmlError(f"--calibration {folder} is not a folder of images (jpg, png); give a folder of a few "
+                          f"typical images")
+    return images
+
+
+def calibration_inputs(model, images: list[Path]) -> list[torch.Tensor]:
+    """The encoder inputs of the calibration images, resized as the predictor resizes them."""
+    from maskml.io.images import read_image
+    from maskml.predict.image import backend_for
+
+    backend = backend_for(model)
+    return [backend.resize(torch.from_numpy(read_image(image)))[0] for image in images]
+
+
 def export_model(name: str, out: str | Path, checkpoint: str | Path | None = None, quantize: str | None = None,
-                 opset: int = DEFAULT_OPSET, progress: bool = True) -> Path:
-    """Export `name` (weights from `checkpoint` or the cache) to the folder `out`; returns it."""
+                 opset: int = DEFAULT_OPSET, progress: bool = True, calibration: str | Path | None = None) -> Path:
+    """Export `name` (weights from `checkpoint` or the cache) to the folder `out`; returns it. quantize:
+    None, "int8" or "int8-static" (with `calibration`, a folder of images) for the encoder."""
     entry = get_entry(name)
     if entry.family not in IMAGE_FAMILIES:
         raise MaskmlError(f"{name} is not yet exportable: {NOT_YET_EXPORTABLE[entry.family]}")
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise MaskmlError(f"--quantize {quantize!r} is not offered; choose {' or '.join(QUANTIZATIONS)}")
+    images = calibration_images(calibration, quantize)
     if opset not in OPSETS:
         raise MaskmlError(f"--opset {opset} is not supported; choose {OPSETS[0]} to {OPSETS[-1]} "
                           f"(default {DEFAULT_OPSET})")
@@ -153,18 +202,22 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
     out = Path(out)
     check_out_folder(out, name)
     model = load_model(name, checkpoint=checkpoint, progress=progress)
+    calibration_feeds = calibration_inputs(model, images) if images else None
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = temporary_folder(out)
     try:
         graphs = {"encoder": export_encoder(model, entry.family, folder, opset),
-                  "decoder": export_decoder(model, entry.family, folder, opset)}
+                  "decoder": export_decoder(model, entry.family, folder, opset),
+                  "decoder_lowres": export_decoder(model, entry.family, folder, opset, upscale=False)}
         if quantize:
-            _quantize_int8(folder / "encoder.onnx")
+            _quantize(folder / "encoder.onnx", quantize, calibration_feeds)
         decoder = model.mask_decoder if entry.family == "sam" else model.sam_mask_decoder
         manifest = {
             "format": FORMAT, "model": name, "family": entry.family, "maskml_version": maskml.__version__,
             "opset": opset, "torch_version": torch.__version__, "image_size": model.image_size,
-            "encoder_precision": quantize or "float32", "single_mask_stability": decoder.single_mask_stability,
+            "encoder_precision": quantize or "float32",
+            **({"encoder_calibration": [image.name for image in images]} if images else {}),
+            "single_mask_stability": decoder.single_mask_stability,
             "graphs": graphs,
             "files": {p.name: sha256_of(p) for p in sorted(folder.iterdir())},
         }

@@ -42,11 +42,17 @@ class Sam2EncoderGraph(SamEncoderGraph):
 
 
 class DecoderGraph(nn.Module):
-    """Prompt encoder + mask decoder (+ upscaling to the original size) for one family."""
+    """Prompt encoder + mask decoder (+ upscaling to the original size) for one family.
 
-    def __init__(self, model, family: str) -> None:
+    upscale=False: the low-resolution graph maskml's ONNX Runtime backend runs (no orig_im_size
+    input, no masks output): the predictor upscales only the masks it keeps, while the graph's
+    upscaling of all four tokens to the padded 1024 square costs about a fifth of its time even
+    for a 1 x 1 original size."""
+
+    def __init__(self, model, family: str, upscale: bool = True) -> None:
         super().__init__()
         self.family = family
+        self.upscale = upscale
         self.image_size = model.image_size
         self.prompt_encoder = model.prompt_encoder if family == "sam" else model.sam_prompt_encoder
         self.mask_decoder = model.mask_decoder if family == "sam" else model.sam_mask_decoder
@@ -57,13 +63,15 @@ class DecoderGraph(nn.Module):
             high_res = [high_res_0, high_res_1]
         else:
             high_res = None
-        point_coords, point_labels, mask_input, has_mask_input, orig_im_size = inputs
+        point_coords, point_labels, mask_input, has_mask_input, *orig_im_size = inputs
         sparse = self.prompt_encoder._embed_points(point_coords, point_labels, pad=False)
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = has_mask_input * self.prompt_encoder.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
         low_res, iou_pred, _, _ = self.mask_decoder._predict_masks(
             image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, high_res, None)
-        h, w = orig_im_size[0], orig_im_size[1]
+        if not self.upscale:
+            return iou_pred, low_res
+        h, w = orig_im_size[0][0], orig_im_size[0][1]
         if self.family == "sam":
             # in float64, as longest_side_shape computes it in Python, so the rounding agrees
             scale = self.image_size / torch.maximum(h, w).double()

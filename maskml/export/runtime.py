@@ -54,14 +54,23 @@ def read_manifest(folder: Path, name: str) -> dict:
     return manifest
 
 
-def _session(path: Path, providers: list[str]):
+def _session_options():
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # the provider's notes on node placement are not the user's business
     options.intra_op_num_threads = torch.get_num_threads()  # one knob, torch.set_num_threads, for both backends
+    # the graphs alternate with torch's own work (resizing, upscaling): ORT threads that spin-wait after a run
+    # take the cores torch needs next (on a 2-core machine, per prompt time went from about 50 to 26 ms)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _session(path: Path, providers: list[str]):
+    import onnxruntime
+
     try:
-        return onnxruntime.InferenceSession(str(path), options, providers=providers)
+        return onnxruntime.InferenceSession(str(path), _session_options(), providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad graphs
         raise MaskmlError(f"onnxruntime cannot load {path}: {exc}") from None
 
@@ -97,7 +106,9 @@ class OnnxImageModel:
         self.single_mask_stability = tuple(stability) if stability is not None else None
         graphs = manifest["graphs"]
         self.encoder = _session(folder / graphs["encoder"]["file"], providers)
-        self.decoder = _session(folder / graphs["decoder"]["file"], providers)
+        # the low-resolution graph: the predictor upscales only the masks it keeps (decoder.onnx, with its own
+        # upscaling to the original size, is for deployments without maskml)
+        self.decoder = _session(folder / graphs["decoder_lowres"]["file"], providers)
 
     def image_backend(self):
         return OnnxSamBackend(self) if self.family == "sam" else OnnxSam2Backend(self)
@@ -118,13 +129,10 @@ class OnnxImageModel:
         feeds = {"image_embeddings": state["embedding"].numpy(),
                  "point_coords": coords.float().numpy(), "point_labels": labels.float().numpy(),
                  "mask_input": (mask_input.numpy() if has_mask else np.zeros((batch, 1, 256, 256), np.float32)),
-                 "has_mask_input": np.array([float(has_mask)], np.float32),
-                 # the predictor upscales the chosen masks itself: a 1 x 1 original size keeps the graph's
-                 # own upscaling (for deployments without maskml) from costing anything here
-                 "orig_im_size": np.array([1, 1], np.int64)}
+                 "has_mask_input": np.array([float(has_mask)], np.float32)}
         if self.family == "sam2":
             feeds["high_res_feats_0"], feeds["high_res_feats_1"] = (x.numpy() for x in state["high_res"])
-        iou_pred, low_res = self.decoder.run(["iou_predictions", "low_res_masks"], feeds)
+        iou_pred, low_res = self.decoder.run(None, feeds)
         return select_masks(torch.from_numpy(low_res), torch.from_numpy(iou_pred), multimask,
                             self.single_mask_stability)
 

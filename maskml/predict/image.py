@@ -112,11 +112,15 @@ class SamBackend:
         self.image_size = model.image_size
 
     def embed(self, image: torch.Tensor) -> dict:
+        resized, input_size = self.resize(image)
+        return {**self.encode(resized), "original_size": tuple(image.shape[:2]), "input_size": input_size}
+
+    def resize(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(H, W, 3) uint8 image -> the encoder's input (1, 3, h, w) float 0-255, and (h, w)."""
         h, w = image.shape[:2]
         input_size = longest_side_shape(h, w, self.image_size)
         resized = resize_bilinear_like_pillow(image, input_size) if input_size != (h, w) else image
-        state = self.encode(resized.permute(2, 0, 1)[None].float())
-        return {**state, "original_size": (h, w), "input_size": input_size}
+        return resized.permute(2, 0, 1)[None].float(), input_size
 
     @torch.inference_mode()
     def encode(self, resized: torch.Tensor) -> dict:
@@ -168,11 +172,14 @@ class Sam2Backend:
         self.image_size = model.image_size
 
     def embed(self, image: torch.Tensor) -> dict:
-        h, w = image.shape[:2]
+        resized, input_size = self.resize(image)
+        return {**self.encode(resized), "original_size": tuple(image.shape[:2]), "input_size": input_size}
+
+    def resize(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(H, W, 3) uint8 image -> the encoder's input (1, 3, 1024, 1024) float 0-1, and its size."""
         size = (self.image_size, self.image_size)
         x = image.permute(2, 0, 1)[None].float() / 255.0
-        x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
-        return {**self.encode(x), "original_size": (h, w), "input_size": size}
+        return F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True), size
 
     @torch.inference_mode()
     def encode(self, resized: torch.Tensor) -> dict:
