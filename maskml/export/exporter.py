@@ -22,7 +22,7 @@ import maskml
 from maskml.errors import MaskmlError
 from maskml.hub import sha256_of
 from maskml.io.outputs import temporary_folder
-from maskml.export import (DEFAULT_OPSET, FORMAT, IMAGE_FAMILIES, MANIFEST, NOT_YET_EXPORTABLE, OPSETS, QUANTIZATIONS,
+from maskml.export import (DEFAULT_OPSET, FORMAT, MANIFEST, NOT_YET_EXPORTABLE, OPSETS, QUANTIZATIONS,
                            require_onnx)
 from maskml.export.graphs import ENCODER_INPUT, DecoderGraph, Sam2EncoderGraph, SamEncoderGraph
 from maskml.zoo import get_entry, load_model
@@ -122,6 +122,17 @@ def export_decoder(model, family: str, folder: Path, opset: int) -> dict:
     return {"file": "decoder.onnx", "inputs": names, "outputs": outputs, "conventions": DECODER_CONVENTIONS}
 
 
+def export_image_graphs(model, family: str, folder: Path, opset: int, quantize: str | None) -> tuple[dict, dict]:
+    """encoder.onnx and decoder.onnx in `folder`: (their manifest entries, the manifest's image-model fields)."""
+    graphs = {"encoder": export_encoder(model, family, folder, opset),
+              "decoder": export_decoder(model, family, folder, opset)}
+    if quantize:
+        _quantize_int8(folder / "encoder.onnx")
+    decoder = model.mask_decoder if family == "sam" else model.sam_mask_decoder
+    return graphs, {"image_size": model.image_size, "encoder_precision": quantize or "float32",
+                    "single_mask_stability": decoder.single_mask_stability}
+
+
 def _quantize_int8(path: Path) -> None:
     """Dynamic quantization: int8 MatMul weights, activations quantized on the fly."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -142,7 +153,7 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
                  opset: int = DEFAULT_OPSET, progress: bool = True) -> Path:
     """Export `name` (weights from `checkpoint` or the cache) to the folder `out`; returns it."""
     entry = get_entry(name)
-    if entry.family not in IMAGE_FAMILIES:
+    if entry.family in NOT_YET_EXPORTABLE:
         raise MaskmlError(f"{name} is not yet exportable: {NOT_YET_EXPORTABLE[entry.family]}")
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise MaskmlError(f"--quantize {quantize!r} is not offered; choose {' or '.join(QUANTIZATIONS)}")
@@ -156,16 +167,15 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = temporary_folder(out)
     try:
-        graphs = {"encoder": export_encoder(model, entry.family, folder, opset),
-                  "decoder": export_decoder(model, entry.family, folder, opset)}
-        if quantize:
-            _quantize_int8(folder / "encoder.onnx")
-        decoder = model.mask_decoder if entry.family == "sam" else model.sam_mask_decoder
+        if entry.family == "cutie":
+            from maskml.export.cutie import export_cutie
+
+            graphs, details = export_cutie(model, folder, opset, quantize)
+        else:
+            graphs, details = export_image_graphs(model, entry.family, folder, opset, quantize)
         manifest = {
             "format": FORMAT, "model": name, "family": entry.family, "maskml_version": maskml.__version__,
-            "opset": opset, "torch_version": torch.__version__, "image_size": model.image_size,
-            "encoder_precision": quantize or "float32", "single_mask_stability": decoder.single_mask_stability,
-            "graphs": graphs,
+            "opset": opset, "torch_version": torch.__version__, **details, "graphs": graphs,
             "files": {p.name: sha256_of(p) for p in sorted(folder.iterdir())},
         }
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
