@@ -51,7 +51,8 @@ CONVENTIONS = {
                                       "sensory": "(1, N, 256, h, w)", "last_mask": "(1, N, H, W) probabilities",
                                       "obj_memory": "(1, N, 16, 257) summed object summaries"},
                            "outputs": "readout (1, N, 256, h, w)"},
-    "mask_decoder": {"inputs": {"f8": "(1, C8, H/8, W/8) from image_encoder", "f4": "(1, C4, H/4, W/4) from image_encoder",
+    "mask_decoder": {"inputs": {"f8": "(1, C8, H/8, W/8) from image_encoder",
+                                "f4": "(1, C4, H/4, W/4) from image_encoder",
                                 "readout": "(1, N, 256, h, w) from object_transformer",
                                 "sensory": "(1, N, 256, h, w)"},
                      "outputs": "sensory (1, N, 256, h, w) updated, logits (1, N + 1, H, W) background first, "
@@ -64,8 +65,9 @@ GRAPH_OUTPUTS = {
     "object_transformer": ["object_readout"],
     "mask_decoder": ["sensory_out", "logits", "probabilities"],
 }
-# graphs worth int8 weights: their time is in matrix products (the rest is convolutions, which
-# dynamic quantization makes slower on CPU; see benchmarks/bench_onnx_cutie.py)
+# --quantize int8: the MatMul weights of the one graph with a share of matrix products (attention and
+# feed-forward layers). The rest of Cutie is convolutions: dynamically quantized too (ConvInteger), a
+# frame took 4.6x longer than float32 and lost the masks (IoU 0 on the parity weights)
 QUANTIZED_GRAPHS = ("object_transformer",)
 
 
