@@ -5,8 +5,8 @@ import argparse
 
 from maskml.errors import MaskmlError
 
-from maskml.cli.track import (add_prompter_arguments, add_source_arguments, load_prompter, load_tracker, parse_options,
-                              source_inputs, tracker_family)
+from maskml.cli.track import (add_prompter_arguments, add_source_arguments, load_tracker, parse_options, source_inputs,
+                              tracker_family)
 from maskml.demo.window import opencv_swap_commands
 
 EPILOG = """examples:
@@ -54,7 +54,8 @@ def run(args) -> None:
     source = open_source(args.video, args.camera)
     try:
         tracker = load_tracker(args, options)
-        prompter = load_prompter(args)
+        prompter = maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint,
+                                     device=args.device) if args.prompter else None
         title = args.video if args.camera is None else f"camera {args.camera}"
         run_window(DemoSession(maskml.Pipeline(tracker, prompter), source, save_dir=args.save_dir), title)
     finally:

@@ -22,7 +22,7 @@ EPILOG = """examples:
       --option mem_every=3 --option use_long_term=true --option long_term.max_mem_frames=4
   maskml track frames/ --model sam2.1_hiera_t --point 1:0:210,350 --box 2:30:300,0,500,400 --out masks/
   maskml export cutie_small --out cutie_onnx && maskml export mobile_sam --out mobile_sam_onnx
-  maskml track video.mp4 --model cutie_small --checkpoint cutie_onnx --prompter mobile_sam \
+  maskml track video.mp4 --model cutie_small --checkpoint cutie_onnx --prompter mobile_sam \\
       --prompter-checkpoint mobile_sam_onnx --point 1:0:320,200 --out masks/ --backend onnxruntime
 
 --backend onnxruntime runs the tracker (and the --prompter) on ONNX Runtime: --checkpoint is then the
@@ -97,6 +97,9 @@ def register(subparsers) -> None:
     add_source_arguments(p)
     p.add_argument("--mask-dir", help="folder of indexed PNG masks named after their frames")
     add_prompter_arguments(p)
+    add_backend_arguments(p, "torch (default), or onnxruntime for --model and --prompter alike: then --checkpoint "
+                             "and --prompter-checkpoint are folders written by `maskml export` (the tracker's and "
+                             "the prompter's)")
     p.add_argument("--point", action="append", default=[], metavar="OBJ:FRAME:X,Y[,LABEL]",
                    help="a click on object OBJ in frame FRAME; LABEL 1 = object (default), 0 = background. Repeatable")
     p.add_argument("--box", action="append", default=[], metavar="OBJ:FRAME:X0,Y0,X1,Y1",
@@ -127,9 +130,6 @@ def add_source_arguments(p) -> None:
                    help=f"track at most N objects (default {DEFAULT_MAX_OBJECTS}): each one takes memory, and a mask "
                         f"with hundreds of ids is more often a wrong file than a wish")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    add_backend_arguments(p, "torch (default), or onnxruntime for --model and --prompter alike: then --checkpoint "
-                             "and --prompter-checkpoint are folders written by `maskml export` (the tracker's and "
-                             "the prompter's)")
 
 
 def tracker_family(name: str) -> str:
@@ -143,8 +143,9 @@ def tracker_family(name: str) -> str:
     return family
 
 
-def load_tracker(args, options: dict):
-    """The --model tracker: VideoTracker (Cutie) or Sam2Tracker, with its --option values."""
+def load_tracker(args, options: dict, backend: dict | None = None):
+    """The --model tracker: VideoTracker (Cutie) or Sam2Tracker, with its --option values; backend: load_model's
+    backend options (cli.backend.backend_options), PyTorch when None."""
     import maskml
 
     from maskml.predict.cutie.tracker import resolve_options as cutie_options
@@ -152,7 +153,7 @@ def load_tracker(args, options: dict):
 
     family = tracker_family(args.model)
     (cutie_options if family == "cutie" else sam2_options)(options)  # a wrong --option fails before the model loads
-    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device, **backend_options(args))
+    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device, **(backend or {}))
     tracker = maskml.VideoTracker if family == "cutie" else maskml.Sam2Tracker
     return tracker(model, max_objects=args.max_objects, **options)
 
@@ -371,7 +372,7 @@ def run(args) -> None:
         masks, prompts, all_ids = gather_objects(args, source)
         if sam2 and not live:
             return track_with_session(args, options, source, masks, prompts, all_ids)
-        tracker = load_tracker(args, options)
+        tracker = load_tracker(args, options, backend_options(args))
         pipeline = maskml.Pipeline(tracker, load_prompter(args))
         with result_writer(args, source, all_ids, None if live else len(source)) as results, \
                 tqdm(total=None if live else len(source), unit="frame", desc=f"tracking with {args.model}") as bar:
