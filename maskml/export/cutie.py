@@ -204,13 +204,13 @@ class OnnxCutie:
         return (f16, f8, f4), pix_feat, key, shrinkage, selection
 
     def encode_mask(self, image, pix_feat, sensory, masks):
-        values, sensory, summaries = self._run("mask_encoder", image, pix_feat, sensory, masks)
-        return values, sensory, summaries
+        """-> values, new sensory, object summaries (as Cutie.encode_mask with deep_update)."""
+        return tuple(self._run("mask_encoder", image, pix_feat, sensory, masks))
 
     def read_top_k(self, query_key, query_selection, mem_key, mem_shrinkage, mem_values, top_k: int):
-        readout, weights, indices = self._run("memory_readout", query_key, query_selection, mem_key, mem_shrinkage,
-                                              mem_values, torch.tensor(top_k))
-        return readout, weights, indices
+        """-> readout, top-k weights, indices: the memory as it is now, of any length."""
+        return tuple(self._run("memory_readout", query_key, query_selection, mem_key, mem_shrinkage, mem_values,
+                               torch.tensor(top_k)))
 
     def read_memory(self, pixel_readout, pix_feat, sensory, last_mask, obj_memory):
         return self._run("object_transformer", pixel_readout, pix_feat, sensory, last_mask, obj_memory)[0]
