@@ -7,8 +7,8 @@ clip), peak memory (the rise of the process's resident memory during the row, sa
 row's masks against PyTorch float32 on three clicks per image. Every time is the median of `runs` calls
 after one warm-up call.
 
-Video cells come from VIDEO_FRAME_TIMERS, one function per row label: the ONNX Runtime rows get theirs
-when the video graphs are exported (register_video_timer); until then they show "-".
+Video cells: the row's own model (PyTorch, or the ONNX Runtime export loaded with backend="onnxruntime")
+driven by maskml's tracker, so both backends run the same Python memory code.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -62,17 +61,6 @@ class BenchResult:
     def as_dict(self) -> dict:
         return {"machine": self.machine, "weights": self.weights, "rows": [asdict(r) for r in self.rows],
                 "notes": self.notes}
-
-
-# label -> fn(model_name, tracker_source, objects, frames, runs) -> median ms per frame; tracker_source is the
-# checkpoint (PyTorch rows) or the export folder (ONNX Runtime rows)
-VideoTimer = Callable[[str, object, int, list, int], float]
-VIDEO_FRAME_TIMERS: dict[str, VideoTimer] = {}
-
-
-def register_video_timer(label: str, timer: VideoTimer) -> None:
-    """Fill the video columns of the rows named `label` (e.g. "ORT fp32") with `timer`."""
-    VIDEO_FRAME_TIMERS[label] = timer
 
 
 # what a figure's time is read from: "wall" (time.perf_counter) or "cpu" (this process's CPU time: with one
@@ -181,23 +169,15 @@ def object_masks(objects: int) -> torch.Tensor:
     return ids
 
 
-def torch_frame_ms(name: str, checkpoint, objects: int, frames: list, runs: int, device: str = "cpu",
-                   autocast=None) -> float:
-    """PyTorch tracker (Cutie's VideoTracker or SAM 2's Sam2Tracker): ms per tracked frame after the first."""
+def frame_ms(model, objects: int, frames: list, runs: int, device: str = "cpu", autocast=None) -> float:
+    """ms per tracked frame after the first: Cutie's VideoTracker or SAM 2's Sam2Tracker on `model`."""
     import maskml
-    from maskml.zoo import get_entry
 
-    model = maskml.load_model(name, checkpoint=checkpoint, device=device, progress=False)
-    tracker_class = maskml.VideoTracker if get_entry(name).family == "cutie" else maskml.Sam2Tracker
-    tracker = tracker_class(model)
-    context = autocast or nullcontext
-    with context():
+    tracker = (maskml.VideoTracker if model.family == "cutie" else maskml.Sam2Tracker)(model)
+    with (autocast or nullcontext)():
         tracker.step(frames[0], mask=object_masks(objects))
         clip = iter(frames[1:] * (runs + 2))
         return median_ms(lambda: (tracker.step(next(clip)), synchronize(device)), runs)
-
-
-register_video_timer(PYTORCH, torch_frame_ms)
 
 
 def synchronize(device: str) -> None:
@@ -269,50 +249,44 @@ def bench_model(name: str, checkpoint, images: list[np.ndarray], runs: int, devi
     rows, notes = [], []
     clip = synthetic_clip(images[0], video_frames + 1) if family in VIDEO_FAMILIES else None
 
-    def video_cells(row: Row, source, timer=None, **kwargs) -> None:
-        timer = timer or VIDEO_FRAME_TIMERS.get(row.backend)
-        if clip is None or timer is None:
-            return
-        row.frame_ms_1 = timer(name, source, 1, clip, runs, **kwargs)
-        row.frame_ms_3 = timer(name, source, 3, clip, runs, **kwargs)
+    def video_cells(row: Row, model, **kwargs) -> None:
+        if clip is not None:
+            row.frame_ms_1 = frame_ms(model, 1, clip, runs, **kwargs)
+            row.frame_ms_3 = frame_ms(model, 3, clip, runs, **kwargs)
 
     reference = None
     torch_row = Row(name, PYTORCH)
     with PeakMemory() as memory:
+        model = maskml.load_model(name, checkpoint=checkpoint, device=device, progress=False)
         if family in IMAGE_FAMILIES:
-            model = maskml.load_model(name, checkpoint=checkpoint, device=device, progress=False)
             reference = image_row(torch_row, maskml.ImagePredictor(model), images, None, runs, device)
-            del model
-        video_cells(torch_row, checkpoint, **({"device": device} if device != "cpu" else {}))
+        video_cells(torch_row, model, device=device)
+        del model
     torch_row.peak_mb = memory.peak_mb
     rows.append(torch_row)
 
     if str(device).startswith("cuda"):
         rows += cuda_rows(name, checkpoint, family, images, reference, runs, device, video_cells)
 
-    if family not in IMAGE_FAMILIES:
-        from maskml.export import NOT_YET_EXPORTABLE
-
-        rows.append(Row(name, "ORT fp32", note="no ONNX export yet"))
-        notes.append(f"{name} on ONNX Runtime: {NOT_YET_EXPORTABLE[family]}")
-        return rows, notes
     from maskml.export.exporter import export_model
 
     variants = [("ORT fp32", None), ("ORT int8", "int8")]
-    if calibration:
+    if calibration and family in IMAGE_FAMILIES:
         variants.append(("ORT int8-static", "int8-static"))
     with _scratch() as scratch:
         for label, quantize in variants:
             folder = export_model(name, scratch / label.replace(" ", "_"), checkpoint, quantize=quantize,
                                   progress=False, calibration=calibration if quantize == "int8-static" else None)
-            row = Row(name, label, encoder_mb=(folder / "encoder.onnx").stat().st_size / 1e6)
+            encoder = folder / ("encoder.onnx" if family in IMAGE_FAMILIES else "image_encoder.onnx")
+            row = Row(name, label, encoder_mb=encoder.stat().st_size / 1e6)
             with PeakMemory() as memory:
                 model = maskml.load_model(name, checkpoint=folder, backend="onnxruntime")
-                predictor = maskml.ImagePredictor(model)
-                image_row(row, predictor, images, reference, runs)
-                video_cells(row, folder)
+                predictor = maskml.ImagePredictor(model) if family in IMAGE_FAMILIES else None
+                if predictor is not None:
+                    image_row(row, predictor, images, reference, runs)
+                video_cells(row, model)
             row.peak_mb = memory.peak_mb
-            if profile:
+            if profile and predictor is not None:
                 for graph, shares in operator_shares(model, predictor, images[0]).items():
                     notes.append(f"{name} {label} {graph}.onnx time by operator: " +
                                  ", ".join(f"{op} {share:.0%}" for op, share in shares))
@@ -340,7 +314,9 @@ def cuda_rows(name, checkpoint, family, images, reference, runs, device, video_c
                           bf16 if label == "PyTorch bf16" else nullcontext)
                 del model
             if label == "PyTorch bf16":
-                video_cells(row, checkpoint, VIDEO_FRAME_TIMERS[PYTORCH], device=device, autocast=bf16)
+                model = maskml.load_model(name, checkpoint=checkpoint, device=device, progress=False)
+                video_cells(row, model, device=device, autocast=bf16)
+                del model
         row.peak_mb = memory.peak_mb
         row.note = "GPU memory not counted"
         rows.append(row)

@@ -233,15 +233,6 @@ def test_out_folder_that_maskml_did_not_write_is_refused(sam_checkpoints, mobile
         export_model("sam_vit_b", mobile_sam_export, sam_checkpoints["sam_vit_b"])
 
 
-def test_video_models_are_not_yet_exportable(tmp_path, capsys):
-    assert main(["export", "cutie_small", "--out", str(tmp_path / "cutie")]) == 2
-    err = capsys.readouterr().err
-    assert "cutie_small is not yet exportable" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "cutie").exists()
-    with pytest.raises(MaskmlError, match="not yet"):
-        maskml.load_model("cutie_small", checkpoint=tmp_path, backend="onnxruntime")
-
-
 def copy_export(folder, dest):
     import shutil
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 
-def add_backend_arguments(parser) -> None:
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                        help="torch (default), or onnxruntime with --checkpoint a folder written by `maskml export`")
+def add_backend_arguments(parser, backend_help: str = "torch (default), or onnxruntime with --checkpoint a folder "
+                                                      "written by `maskml export`") -> None:
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch", help=backend_help)
     parser.add_argument("--providers", metavar="NAME[,NAME]",
                         help="with --backend onnxruntime: execution providers in order of preference "
                              "(default CPUExecutionProvider; e.g. CUDAExecutionProvider,CPUExecutionProvider)")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from maskml.cli.backend import add_backend_arguments, backend_options
 from maskml.errors import MaskmlError
 from maskml.predict.checks import DEFAULT_MAX_OBJECTS
 
@@ -20,6 +21,14 @@ EPILOG = """examples:
   maskml track frames/ --model cutie_base --mask-dir annotations/ --out masks/ --probs probs/ \\
       --option mem_every=3 --option use_long_term=true --option long_term.max_mem_frames=4
   maskml track frames/ --model sam2.1_hiera_t --point 1:0:210,350 --box 2:30:300,0,500,400 --out masks/
+  maskml export cutie_small --out cutie_onnx && maskml export mobile_sam --out mobile_sam_onnx
+  maskml track video.mp4 --model cutie_small --checkpoint cutie_onnx --prompter mobile_sam \\
+      --prompter-checkpoint mobile_sam_onnx --point 1:0:320,200 --out masks/ --backend onnxruntime
+
+--backend onnxruntime runs the tracker (and the --prompter) on ONNX Runtime: --checkpoint is then the
+folder `maskml export MODEL --out FOLDER` wrote, and --prompter-checkpoint the prompter's; without
+--backend both are PyTorch checkpoint files (default: the official ones). --providers picks ONNX
+Runtime's execution providers (default CPUExecutionProvider).
 
 Each PNG in --mask-dir is named after the frame it belongs to: the frame's file stem for a frame
 folder (00005.png for 00005.jpg), the zero-based frame index written with five digits for a video
@@ -88,6 +97,9 @@ def register(subparsers) -> None:
     add_source_arguments(p)
     p.add_argument("--mask-dir", help="folder of indexed PNG masks named after their frames")
     add_prompter_arguments(p)
+    add_backend_arguments(p, "torch (default), or onnxruntime for --model and --prompter alike: then --checkpoint "
+                             "and --prompter-checkpoint are folders written by `maskml export` (the tracker's and "
+                             "the prompter's)")
     p.add_argument("--point", action="append", default=[], metavar="OBJ:FRAME:X,Y[,LABEL]",
                    help="a click on object OBJ in frame FRAME; LABEL 1 = object (default), 0 = background. Repeatable")
     p.add_argument("--box", action="append", default=[], metavar="OBJ:FRAME:X0,Y0,X1,Y1",
@@ -134,8 +146,9 @@ def tracker_family(name: str) -> str:
     return family
 
 
-def load_tracker(args, options: dict):
-    """The --model tracker: VideoTracker (Cutie) or Sam2Tracker, with its --option values."""
+def load_tracker(args, options: dict, backend: dict | None = None):
+    """The --model tracker: VideoTracker (Cutie) or Sam2Tracker, with its --option values; backend: load_model's
+    backend options (cli.backend.backend_options), PyTorch when None."""
     import maskml
 
     from maskml.predict.cutie.tracker import resolve_options as cutie_options
@@ -143,9 +156,19 @@ def load_tracker(args, options: dict):
 
     family = tracker_family(args.model)
     (cutie_options if family == "cutie" else sam2_options)(options)  # a wrong --option fails before the model loads
-    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device, **(backend or {}))
     tracker = maskml.VideoTracker if family == "cutie" else maskml.Sam2Tracker
     return tracker(model, max_objects=args.max_objects, **options)
+
+
+def load_prompter(args):
+    """The --prompter image model, on the same backend as the tracker, or None."""
+    import maskml
+
+    if not args.prompter:
+        return None
+    return maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint, device=args.device,
+                             **backend_options(args))
 
 
 def add_prompter_arguments(p, required: bool = False) -> None:
@@ -355,10 +378,8 @@ def run(args) -> None:
         masks, prompts, all_ids = gather_objects(args, source)
         if sam2 and not live:
             return track_with_session(args, options, source, masks, prompts, all_ids)
-        tracker = load_tracker(args, options)
-        prompter = maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint,
-                                     device=args.device) if args.prompter else None
-        pipeline = maskml.Pipeline(tracker, prompter)
+        tracker = load_tracker(args, options, backend_options(args))
+        pipeline = maskml.Pipeline(tracker, load_prompter(args))
         with result_writer(args, source, all_ids, None if live else len(source)) as results, \
                 tqdm(total=None if live else len(source), unit="frame", desc=f"tracking with {args.model}") as bar:
             try:
@@ -397,11 +418,10 @@ def track_with_session(args, options: dict, source, masks: dict, prompts: dict, 
     from maskml.predict.sam2.tracker import to_tracker_output
 
     options = resolve_options(options)  # checked before the model loads
-    session = maskml.VideoSession(maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device),
-                                  source, **options)
+    session = maskml.VideoSession(maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device,
+                                                    **backend_options(args)), source, **options)
     if args.prompter:  # the prompter's masks become mask prompts
-        predictor = maskml.ImagePredictor(maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint,
-                                                            device=args.device))
+        predictor = maskml.ImagePredictor(load_prompter(args))
         for frame, frame_prompts in prompts.items():
             predictor.set_image(source.frame(frame))
             ids = prompt_masks(predictor, frame_prompts).cpu().numpy()

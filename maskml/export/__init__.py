@@ -11,11 +11,7 @@ DEFAULT_OPSET = 17
 OPSETS = range(14, 21)  # the graphs' operators need >= 14; the TorchScript exporter stops at 20
 QUANTIZATIONS = ("int8", "int8-static")
 FORMAT = "maskml-onnx"
-IMAGE_FAMILIES = ("sam", "sam2")
-NOT_YET_EXPORTABLE = {
-    "cutie": "Cutie's per-frame graphs (image encoding, mask encoding, memory read-out with a memory of dynamic "
-             "length) are not written yet; export an image model (sam_vit_*, mobile_sam, sam2*) instead",
-}
+NOT_YET_EXPORTABLE: dict[str, str] = {}  # family -> why, and what to export instead
 
 
 def require_onnx(*modules: str) -> None:

@@ -22,7 +22,7 @@ import maskml
 from maskml.errors import MaskmlError
 from maskml.hub import sha256_of
 from maskml.io.outputs import temporary_folder
-from maskml.export import (DEFAULT_OPSET, FORMAT, IMAGE_FAMILIES, MANIFEST, NOT_YET_EXPORTABLE, OPSETS, QUANTIZATIONS,
+from maskml.export import (DEFAULT_OPSET, FORMAT, MANIFEST, NOT_YET_EXPORTABLE, OPSETS, QUANTIZATIONS,
                            require_onnx)
 from maskml.export.graphs import ENCODER_INPUT, DecoderGraph, Sam2EncoderGraph, SamEncoderGraph
 from maskml.zoo import get_entry, load_model
@@ -128,6 +128,21 @@ def export_decoder(model, family: str, folder: Path, opset: int, upscale: bool =
     return {"file": file, "inputs": names, "outputs": outputs, "conventions": conventions}
 
 
+def export_image_graphs(model, family: str, folder: Path, opset: int, quantize: str | None,
+                        calibration: list[Path] | None) -> tuple[dict, dict]:
+    """encoder.onnx, decoder.onnx and decoder_lowres.onnx in `folder`: (their manifest entries, the
+    manifest's image-model fields)."""
+    graphs = {"encoder": export_encoder(model, family, folder, opset),
+              "decoder": export_decoder(model, family, folder, opset),
+              "decoder_lowres": export_decoder(model, family, folder, opset, upscale=False)}
+    if quantize:
+        _quantize(folder / "encoder.onnx", quantize, calibration_inputs(model, calibration) if calibration else None)
+    decoder = model.mask_decoder if family == "sam" else model.sam_mask_decoder
+    return graphs, {"image_size": model.image_size, "encoder_precision": quantize or "float32",
+                    **({"encoder_calibration": [image.name for image in calibration]} if calibration else {}),
+                    "single_mask_stability": decoder.single_mask_stability}
+
+
 def _quantize(path: Path, quantize: str, calibration: list[torch.Tensor] | None) -> None:
     """int8: dynamic quantization (int8 MatMul weights, activations quantized on the fly: the faster one
     on CPUs). int8-static: QDQ quantization of MatMul and Conv, weights per channel, activation ranges
@@ -190,11 +205,13 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
     """Export `name` (weights from `checkpoint` or the cache) to the folder `out`; returns it. quantize:
     None, "int8" or "int8-static" (with `calibration`, a folder of images) for the encoder."""
     entry = get_entry(name)
-    if entry.family not in IMAGE_FAMILIES:
+    if entry.family in NOT_YET_EXPORTABLE:
         raise MaskmlError(f"{name} is not yet exportable: {NOT_YET_EXPORTABLE[entry.family]}")
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise MaskmlError(f"--quantize {quantize!r} is not offered; choose {' or '.join(QUANTIZATIONS)}")
     images = calibration_images(calibration, quantize)
+    if images and entry.family == "cutie":
+        raise MaskmlError("--quantize int8-static applies to the image models' encoders; Cutie takes --quantize int8")
     if opset not in OPSETS:
         raise MaskmlError(f"--opset {opset} is not supported; choose {OPSETS[0]} to {OPSETS[-1]} "
                           f"(default {DEFAULT_OPSET})")
@@ -202,23 +219,18 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
     out = Path(out)
     check_out_folder(out, name)
     model = load_model(name, checkpoint=checkpoint, progress=progress)
-    calibration_feeds = calibration_inputs(model, images) if images else None
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = temporary_folder(out)
     try:
-        graphs = {"encoder": export_encoder(model, entry.family, folder, opset),
-                  "decoder": export_decoder(model, entry.family, folder, opset),
-                  "decoder_lowres": export_decoder(model, entry.family, folder, opset, upscale=False)}
-        if quantize:
-            _quantize(folder / "encoder.onnx", quantize, calibration_feeds)
-        decoder = model.mask_decoder if entry.family == "sam" else model.sam_mask_decoder
+        if entry.family == "cutie":
+            from maskml.export.cutie import export_cutie
+
+            graphs, details = export_cutie(model, folder, opset, quantize)
+        else:
+            graphs, details = export_image_graphs(model, entry.family, folder, opset, quantize, images)
         manifest = {
             "format": FORMAT, "model": name, "family": entry.family, "maskml_version": maskml.__version__,
-            "opset": opset, "torch_version": torch.__version__, "image_size": model.image_size,
-            "encoder_precision": quantize or "float32",
-            **({"encoder_calibration": [image.name for image in images]} if images else {}),
-            "single_mask_stability": decoder.single_mask_stability,
-            "graphs": graphs,
+            "opset": opset, "torch_version": torch.__version__, **details, "graphs": graphs,
             "files": {p.name: sha256_of(p) for p in sorted(folder.iterdir())},
         }
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))

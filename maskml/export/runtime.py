@@ -17,7 +17,7 @@ import torch
 import maskml
 from maskml.errors import MaskmlError
 from maskml.hub import sha256_of
-from maskml.export import FORMAT, IMAGE_FAMILIES, MANIFEST, NOT_YET_EXPORTABLE, require_onnx
+from maskml.export import FORMAT, MANIFEST, NOT_YET_EXPORTABLE, require_onnx
 from maskml.models.sam.mask_decoder import select_masks
 from maskml.predict.image import Sam2Backend, SamBackend, prompts_as_points
 from maskml.zoo import get_entry
@@ -156,9 +156,9 @@ class OnnxSam2Backend(Sam2Backend):
                                  pad=points is not None or boxes is not None)
 
 
-def load_onnx_model(name: str, folder: str | Path | None, providers=None) -> OnnxImageModel:
+def load_onnx_model(name: str, folder: str | Path | None, providers=None):
     entry = get_entry(name)
-    if entry.family not in IMAGE_FAMILIES:
+    if entry.family in NOT_YET_EXPORTABLE:
         raise MaskmlError(f"{name} has no ONNX Runtime backend yet: it is not yet exportable: "
                           f"{NOT_YET_EXPORTABLE[entry.family]}")
     require_onnx()
@@ -167,4 +167,8 @@ def load_onnx_model(name: str, folder: str | Path | None, providers=None) -> Onn
                           f"`maskml export {name} --out FOLDER`")
     providers = check_providers(providers)
     manifest = read_manifest(Path(folder), entry.name)
+    if entry.family == "cutie":
+        from maskml.export.cutie import OnnxCutie
+
+        return OnnxCutie(Path(folder), manifest, providers)
     return OnnxImageModel(Path(folder), manifest, providers)

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.cutie.modules import KeyProjection, MaskDecoder, MaskEncoder, PixelEncoder, PixelFeatureFuser
+from maskml.models.cutie.modules import (KeyProjection, MaskDecoder, MaskEncoder, PixelEncoder, PixelFeatureFuser,
+                                         downsample_area)
+from maskml.models.cutie.readout import read_top_k
 from maskml.models.cutie.transformer import ObjectSummarizer, QueryTransformer, aggregate
 
 PIXEL_MEAN = (0.485, 0.456, 0.406)  # images in [0, 1]
@@ -57,11 +59,17 @@ class Cutie(nn.Module):
                                            deep_update=deep_update)
         return value, sensory, self.object_summarizer(masks, value)
 
+    def read_top_k(self, query_key: torch.Tensor, query_selection: torch.Tensor, mem_key: torch.Tensor,
+                   mem_shrinkage: torch.Tensor, mem_values: torch.Tensor, top_k: int):
+        """The pixel memory (keys and values of a dynamic length N) read by the query pixels: readout,
+        top-k weights and indices (maskml.models.cutie.readout.read_top_k)."""
+        return read_top_k(query_key, query_selection, mem_key, mem_shrinkage, mem_values, top_k)
+
     def read_memory(self, pixel_readout: torch.Tensor, pix_feat: torch.Tensor, sensory: torch.Tensor,
                     last_mask: torch.Tensor, obj_memory: torch.Tensor, selector: torch.Tensor | None = None):
         """Readout of the pixel memory (B, N, C, h, w) -> fused with sensory memory and the last masks,
         then refined by the object transformer."""
-        last_mask = F.interpolate(last_mask, size=sensory.shape[-2:], mode="area")
+        last_mask = downsample_area(last_mask, last_mask.shape[-1] // sensory.shape[-1])
         fused = self.pixel_fuser(pix_feat, pixel_readout, sensory, last_mask, others_of(last_mask))
         return self.object_transformer(fused, obj_memory, selector=selector)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.common import Conv2d, add_inplace, relu_inplace
+from maskml.models.common import Conv2d, add_inplace, capturing_graph, relu_inplace
 from maskml.models.cutie.resnet import ResNetTrunk
 
 
@@ -21,7 +21,7 @@ def flatten_groups(g: torch.Tensor) -> torch.Tensor:
     stride of a true channels-last tensor: a view can leave any stride on a size-1 axis, and
     convolutions and pooling then read the tensor as NCHW and copy all of it."""
     x = g.flatten(0, 1)
-    if x.shape[0] == 1 and x.is_contiguous(memory_format=torch.channels_last):
+    if x.shape[0] == 1 and x.is_contiguous(memory_format=torch.channels_last) and not capturing_graph():
         c, h, w = x.shape[1:]
         x = x.as_strided(x.shape, (c * h * w, 1, w * c, c))
     return x
@@ -53,8 +53,16 @@ def resize_groups(g: torch.Tensor, ratio: float, mode: str, channels_last: bool 
     x = flatten_groups(g)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    out = F.interpolate(x, scale_factor=ratio, mode=mode, align_corners=False if mode == "bilinear" else None)
+    out = (downsample_area(x, round(1 / ratio)) if mode == "area"
+           else F.interpolate(x, scale_factor=ratio, mode=mode, align_corners=False))
     return out.view(b, n, *out.shape[1:])
+
+
+def downsample_area(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Area downsampling by an integer factor of a map whose sides are multiples of it (Cutie's frames are
+    padded to multiples of 16): F.interpolate(mode="area")'s values, as an average pooling, which an ONNX
+    graph keeps dynamic in size (the exporter turns an area interpolation into a pooling of fixed size)."""
+    return F.avg_pool2d(x, factor)
 
 
 class CAResBlock(nn.Module):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskml.models.common import add_inplace, few_key_attention, few_query_attention, folds
-from maskml.models.cutie.modules import CAResBlock, GConv2d
+from maskml.models.cutie.modules import CAResBlock, GConv2d, downsample_area
 
 
 def aggregate(prob: torch.Tensor, dim: int) -> torch.Tensor:
@@ -36,10 +36,8 @@ class PositionalEncoding(nn.Module):
         pos_x = pos_x / (pos_x[-1] + 1e-6) * self.scale
         emb_y = torch.stack([(pos_y[:, None] * self.inv_freq).sin(), (pos_y[:, None] * self.inv_freq).cos()], -1)
         emb_x = torch.stack([(pos_x[:, None] * self.inv_freq).sin(), (pos_x[:, None] * self.inv_freq).cos()], -1)
-        emb = torch.zeros(h, w, self.dim * 2, device=device)
-        emb[:, :, :self.dim] = emb_x.flatten(-2)[None]
-        emb[:, :, self.dim:] = emb_y.flatten(-2)[:, None]
-        return emb
+        emb_x, emb_y = torch.broadcast_tensors(emb_x.flatten(-2)[None], emb_y.flatten(-2)[:, None])
+        return torch.cat([emb_x, emb_y], dim=-1)
 
 
 class MultiheadAttention(nn.Module):
@@ -214,7 +212,7 @@ class ObjectSummarizer(nn.Module):
     def forward(self, masks: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """masks (B, N, H', W'); value (B, N, C, h, w) -> (B, N, num_summaries, C + 1)."""
         h, w = value.shape[-2:]
-        masks = F.interpolate(masks, size=(h, w), mode="area").unsqueeze(-1)
+        masks = downsample_area(masks, masks.shape[-1] // w).unsqueeze(-1)
         half = self.num_summaries // 2
         repeated = torch.cat([masks.expand(-1, -1, -1, -1, half), (1 - masks).expand(-1, -1, -1, -1, half)], -1)
         value = self.input_proj(value.permute(0, 1, 3, 4, 2)) + self.pos_enc(h, w)

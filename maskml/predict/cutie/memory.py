@@ -3,43 +3,11 @@ bucket permanent, the rest a FIFO or, with long-term memory, consolidated into p
 per-object sensory memory and object memory (running sums of object summaries)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-
-def similarity(mem_key: torch.Tensor, mem_shrinkage: torch.Tensor, query_key: torch.Tensor,
-               query_selection: torch.Tensor) -> torch.Tensor:
-    """Anisotropic negative squared L2 distance, scaled by the memory shrinkage: (B, HW, N_mem)
-    (query pixels first, so that top-k runs along contiguous memory).
-
-    -sum_c e_c (k_c - q_c)^2 * s / sqrt(C) with e, q of the query and k, s of the memory, expanded
-    as one matrix product [e, 2 e q, -sum e q^2] @ [-k^2, k, 1] * s / sqrt(C): no pass over the
-    HW x N result besides writing it."""
-    qe = query_selection.transpose(1, 2)  # (B, HW, CK)
-    qk = query_key.transpose(1, 2)
-    b_sq = (qe * qk.pow(2)).sum(-1, keepdim=True)
-    query_side = torch.cat([qe, 2 * qk * qe, -b_sq], dim=-1)  # (B, HW, 2 CK + 1)
-    scale = mem_shrinkage / math.sqrt(mem_key.shape[1])  # (B, 1, N)
-    memory_side = torch.cat([-mem_key.pow(2), mem_key, torch.ones_like(scale)], dim=1) * scale
-    return query_side @ memory_side
-
-
-def topk_softmax(sim: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over the top_k memory entries of each query pixel (exp without max subtraction, as
-    the original). Returns weights and indices, both (B, HW, k)."""
-    values, indices = torch.topk(sim, k=min(top_k, sim.shape[-1]), dim=-1)
-    weights = values.exp()
-    return weights / weights.sum(dim=-1, keepdim=True), indices
-
-
-def sparse_readout(value: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """value (B, C, N) read at the top-k entries: (B, C, HW), without forming the N x HW affinity:
-    a weighted embedding-bag sum of each pixel's k memory rows (no HW x k x C gather either)."""
-    return torch.stack([F.embedding_bag(indices[b], value[b].t().contiguous(), per_sample_weights=weights[b],
-                                        mode="sum").t() for b in range(value.shape[0])])
+from maskml.models.cutie.readout import similarity
 
 
 def dense_softmax(sim: torch.Tensor) -> torch.Tensor:
@@ -157,8 +125,10 @@ class Memory:
     def engaged(self) -> bool:
         return bool(self.buckets)
 
-    def read(self, query_key: torch.Tensor, query_selection: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Pixel readout of every object in memory: {obj: (B, CV, HW)}."""
+    def read(self, query_key: torch.Tensor, query_selection: torch.Tensor, read_top_k) -> dict[int, torch.Tensor]:
+        """Pixel readout of every object in memory: {obj: (B, CV, HW)}. read_top_k: the model's
+        readout of one bucket (maskml.models.cutie.readout.read_top_k, or a graph of it on another
+        runtime), called with the memory as it is now."""
         qk, qe = query_key.flatten(2), query_selection.flatten(2)
         readout = {}
         for bucket_id, bucket in self.buckets.items():
@@ -168,11 +138,12 @@ class Memory:
                 key = torch.cat([self.long.key[bucket_id], key], -1)
                 shrinkage = torch.cat([self.long.shrinkage[bucket_id], shrinkage], -1)
                 values = {o: torch.cat([self.long.values[bucket_id][o], v], -1) for o, v in values.items()}
-            weights, indices = topk_softmax(similarity(key, shrinkage, qk, qe), self.top_k)
+            # one readout for all objects of the bucket: they share keys, hence indices and weights
+            stacked, weights, indices = read_top_k(qk, qe, key, shrinkage,
+                                                   torch.cat([values[obj] for obj in bucket.objects], dim=1),
+                                                   self.top_k)
             if self.use_long_term:
                 self._count_usage(bucket_id, bucket, weights, indices, key.shape[-1], long_size)
-            # one gather for all objects of the bucket: they share keys, hence indices and weights
-            stacked = sparse_readout(torch.cat([values[obj] for obj in bucket.objects], dim=1), weights, indices)
             for obj, part in zip(bucket.objects, stacked.chunk(len(bucket.objects), dim=1)):
                 readout[obj] = part
         return readout

@@ -92,7 +92,8 @@ class VideoTracker:
     def __init__(self, model: Cutie, max_objects: int = DEFAULT_MAX_OBJECTS, **options) -> None:
         """options: Cutie's eval options by their official names (DEFAULTS); max_objects: how many objects
         masks may add in all (each takes memory, see maskml.predict.checks.OBJECT_MEMORY)."""
-        if not isinstance(model, Cutie):
+        # a Cutie export run by ONNX Runtime (maskml.export.cutie.OnnxCutie) has the same methods
+        if not isinstance(model, Cutie) and getattr(model, "family", None) != "cutie":
             raise MaskmlError(f"VideoTracker needs a Cutie model (cutie_small, cutie_base), got {type(model).__name__}")
         keep_freed_memory()
         self.model = model
@@ -193,7 +194,7 @@ class VideoTracker:
         if not self.memory.engaged:  # nothing to track yet: all background
             return torch.ones(1, key.shape[-2] * 16, key.shape[-1] * 16, device=key.device)
         b, _, hh, ww = key.shape
-        readout = self.memory.read(key, selection)
+        readout = self.memory.read(key, selection, self.model.read_top_k)
         pixel = torch.stack([readout[obj] for obj in self.objects], dim=1).view(b, len(self.objects), -1, hh, ww)
         sensory = self.memory.sensory_of(self.objects, key, self.model.sensory_dim)
         obj_memory = torch.stack([self.memory.object_memory[obj] for obj in self.objects], dim=1)
