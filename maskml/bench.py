@@ -169,11 +169,11 @@ def object_masks(objects: int) -> torch.Tensor:
     return ids
 
 
-def frame_ms(model, objects: int, frames: list, runs: int, device: str = "cpu", autocast=None) -> float:
+def frame_ms(family: str, model, objects: int, frames: list, runs: int, device: str = "cpu", autocast=None) -> float:
     """ms per tracked frame after the first: Cutie's VideoTracker or SAM 2's Sam2Tracker on `model`."""
     import maskml
 
-    tracker = (maskml.VideoTracker if model.family == "cutie" else maskml.Sam2Tracker)(model)
+    tracker = (maskml.VideoTracker if family == "cutie" else maskml.Sam2Tracker)(model)
     with (autocast or nullcontext)():
         tracker.step(frames[0], mask=object_masks(objects))
         clip = iter(frames[1:] * (runs + 2))
@@ -251,8 +251,8 @@ def bench_model(name: str, checkpoint, images: list[np.ndarray], runs: int, devi
 
     def video_cells(row: Row, model, **kwargs) -> None:
         if clip is not None:
-            row.frame_ms_1 = frame_ms(model, 1, clip, runs, **kwargs)
-            row.frame_ms_3 = frame_ms(model, 3, clip, runs, **kwargs)
+            row.frame_ms_1 = frame_ms(family, model, 1, clip, runs, **kwargs)
+            row.frame_ms_3 = frame_ms(family, model, 3, clip, runs, **kwargs)
 
     reference = None
     torch_row = Row(name, PYTORCH)
