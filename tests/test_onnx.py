@@ -247,6 +247,10 @@ def test_folder_of_another_model_or_version_is_refused(mobile_sam_export, tmp_pa
     (old / MANIFEST).write_text(json.dumps(dict(manifest, maskml_version="0.0.1")))
     with pytest.raises(MaskmlError, match="exported by maskml 0.0.1"):
         maskml.load_model("mobile_sam", checkpoint=old, backend="onnxruntime")
+    # the same version, but an earlier set of graphs (e.g. before decoder_lowres.onnx)
+    (old / MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if k != "format_version"}))
+    with pytest.raises(MaskmlError, match="exported by an earlier build of maskml"):
+        maskml.load_model("mobile_sam", checkpoint=old, backend="onnxruntime")
     with pytest.raises(MaskmlError, match="not a maskml ONNX export"):
         maskml.load_model("mobile_sam", checkpoint=tmp_path, backend="onnxruntime")
 

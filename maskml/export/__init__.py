@@ -11,6 +11,8 @@ DEFAULT_OPSET = 17
 OPSETS = range(14, 21)  # the graphs' operators need >= 14; the TorchScript exporter stops at 20
 QUANTIZATIONS = ("int8", "int8-static")
 FORMAT = "maskml-onnx"
+# bumped whenever the graphs of an export change within one maskml version (2: decoder_lowres, Cutie)
+FORMAT_VERSION = 2
 NOT_YET_EXPORTABLE: dict[str, str] = {}  # family -> why, and what to export instead
 
 

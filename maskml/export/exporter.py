@@ -22,7 +22,7 @@ import maskml
 from maskml.errors import MaskmlError
 from maskml.hub import sha256_of
 from maskml.io.outputs import temporary_folder
-from maskml.export import (DEFAULT_OPSET, FORMAT, MANIFEST, NOT_YET_EXPORTABLE, OPSETS, QUANTIZATIONS,
+from maskml.export import (DEFAULT_OPSET, FORMAT, FORMAT_VERSION, MANIFEST, NOT_YET_EXPORTABLE, OPSETS, QUANTIZATIONS,
                            require_onnx)
 from maskml.export.graphs import ENCODER_INPUT, DecoderGraph, Sam2EncoderGraph, SamEncoderGraph
 from maskml.zoo import get_entry, load_model
@@ -229,7 +229,7 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
         else:
             graphs, details = export_image_graphs(model, entry.family, folder, opset, quantize, images)
         manifest = {
-            "format": FORMAT, "model": name, "family": entry.family, "maskml_version": maskml.__version__,
+            "format": FORMAT, "format_version": FORMAT_VERSION, "model": name, "family": entry.family, "maskml_version": maskml.__version__,
             "opset": opset, "torch_version": torch.__version__, **details, "graphs": graphs,
             "files": {p.name: sha256_of(p) for p in sorted(folder.iterdir())},
         }

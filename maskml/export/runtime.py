@@ -17,7 +17,7 @@ import torch
 import maskml
 from maskml.errors import MaskmlError
 from maskml.hub import sha256_of
-from maskml.export import FORMAT, MANIFEST, NOT_YET_EXPORTABLE, require_onnx
+from maskml.export import FORMAT, FORMAT_VERSION, MANIFEST, NOT_YET_EXPORTABLE, require_onnx
 from maskml.models.sam.mask_decoder import select_masks
 from maskml.predict.image import Sam2Backend, SamBackend, prompts_as_points
 from maskml.zoo import get_entry
@@ -45,6 +45,9 @@ def read_manifest(folder: Path, name: str) -> dict:
     if manifest.get("maskml_version") != maskml.__version__:
         raise MaskmlError(f"{folder} was exported by maskml {manifest.get('maskml_version')}, this is maskml "
                           f"{maskml.__version__}; {redo}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise MaskmlError(f"{folder} was exported by an earlier build of maskml {maskml.__version__}, whose graphs "
+                          f"differ from this one's; {redo}")
     for file, digest in manifest["files"].items():
         path = folder / file
         if not path.is_file():
