@@ -302,18 +302,20 @@ def random_resized_box(g: torch.Generator, h: int, w: int, scale: tuple[float, f
 
 
 def warp(images: torch.Tensor, masks: torch.Tensor, matrix: torch.Tensor, out: tuple[int, int],
-         flow: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+         offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(T, 3, H, W) float images and (T, K, H, W) bool masks mapped by the 3 x 3 pixel map `matrix` (input ->
     output pixels) to `out` = (H', W'): bilinear for images (FILL outside), nearest for masks (empty outside).
-    flow: an optional (T, H', W', 2) offset of the sampling grid, in normalised units (elastic deformation)."""
+    offsets: (H', W', 2) x, y displacements (output pixels) of where each output pixel samples (elastic
+    deformation after the map)."""
     t, _, h, w = images.shape
     inverse = torch.linalg.inv(matrix.double()).float()
     ys, xs = torch.meshgrid(torch.arange(out[0], dtype=torch.float32) + 0.5,
                             torch.arange(out[1], dtype=torch.float32) + 0.5, indexing="ij")
-    points = torch.stack([xs, ys, torch.ones_like(xs)], -1) @ inverse.T  # output pixel centres in the input
+    centres = torch.stack([xs, ys], -1)
+    if offsets is not None:
+        centres = centres + offsets
+    points = torch.cat([centres, torch.ones_like(xs)[..., None]], -1) @ inverse.T  # sampled places in the input
     grid = torch.stack([points[..., 0] / w * 2 - 1, points[..., 1] / h * 2 - 1], -1)[None].expand(t, -1, -1, -1)
-    if flow is not None:
-        grid = grid + flow
     fill = torch.tensor(FILL, dtype=images.dtype).view(1, 3, 1, 1)
     warped = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
     warped_masks = F.grid_sample(masks.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False) > 0.5
@@ -442,7 +444,7 @@ class VideoClips(Dataset):
     def sample(self, index: int, seed: int) -> dict:
         g = torch.Generator().manual_seed(seed)
         v, start = self.items[index]
-        for attempt in range(len(self.videos)):
+        for _ in range(len(self.videos) + 10):
             video = self.videos[v]
             if v not in self.bad:
                 for _ in range(self.max_clip_tries):
@@ -458,8 +460,10 @@ class VideoClips(Dataset):
                         return {"frames": out[0], "masks": masks, "obj_ids": ids, "seed": seed,
                                 "name": f"{video.name}/{video.frame_names[positions[0]]}"}
                     start = int(torch.randint(len(video), (), generator=g))
-            # this video gave no clip: a random frame of another one
-            v, start = self.items[int(torch.randint(len(self.items), (), generator=g))]
+            # this video gave no clip: a random frame of a readable one
+            readable = [i for i, (u, _) in enumerate(self.items) if u not in self.bad] if self.bad else self.items
+            pick = int(torch.randint(len(readable), (), generator=g))
+            v, start = self.items[readable[pick]] if self.bad else self.items[pick]
         raise MaskmlError(f"no clip with an object in its first frame could be drawn from {len(self.videos)} videos "
                           f"({len(self.bad)} unreadable); check the annotations")
 
