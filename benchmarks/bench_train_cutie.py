@@ -5,10 +5,16 @@ first-frame masks, maskml.train.video_eval, the DAVIS tool's scoring) before tra
 against the trivial tracker that holds the first frame's mask. Writes curve.csv and curve.png into --out.
 
     python benchmarks/bench_train_cutie.py --minutes 30 --out runs/bench_train_cutie
+    python benchmarks/bench_train_cutie.py --gpu --out runs/gpu_cutie    # peak GPU memory and clips/s
 
 The loop is the recipe's training_step (clips of recipe.num_frames frames, memory written through the clip,
 the official losses) with AdamW over the recipe's parameter groups, so the budget is wall-clock time (the
 engine, maskml.train, counts steps). Evaluation time is not counted in the training budget.
+
+--gpu: the official main stage (480 px crops, 8-frame clips, 3 reference frames, 3 objects, 12544 points,
+bf16 autocast) through the engine (maskml.train.engine.Trainer) on CUDA, for batch sizes 1, 2 and 4 in one
+process: peak GPU memory (torch.cuda.max_memory_allocated, reset before each) and clips per second over the
+steps after the first log window. Without CUDA it prints one line and exits with status 1.
 """
 from __future__ import annotations
 
@@ -45,6 +51,34 @@ def config(train_root: Path, args) -> OmegaConf:
     })
 
 
+def gpu_figures(args) -> int:
+    """Peak GPU memory and clips/s of the official main stage, per batch size (see the module docstring)."""
+    from maskml.configs import compose_train_config
+    from maskml.train.engine import Trainer
+
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing measured")
+        return 1
+    root = args.out / "data" / "gpu_videos"
+    generate(root, SynthConfig(videos=12, seed=3, width=854, height=480, frames=24), progress=False)
+    steps = max(4, args.gpu_steps)
+    for batch in (1, 2, 4):
+        out_dir = args.out / f"gpu_batch{batch}"
+        cfg = compose_train_config("cutie", [
+            f"data.root={root}", "trainer.device=cuda", "trainer.precision=bf16", f"trainer.batch_size={batch}",
+            f"trainer.max_steps={steps}", f"trainer.log_every={steps // 2}", f"trainer.ckpt_every={steps}",
+            "trainer.num_workers=4", "trainer.progress=false", f"trainer.out_dir={out_dir}"], ())
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        Trainer(cfg).fit()
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        with open(out_dir / "log.csv", newline="") as f:
+            steps_per_s = float(list(csv.DictReader(f))[-1]["steps_per_s"])
+        print(f"cutie_small main stage, 480 px, 8 frames, batch {batch}: peak {peak:.1f} GiB, "
+              f"{steps_per_s * batch:.2f} clips/s ({torch.cuda.get_device_name()})", flush=True)
+    return 0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/bench_train_cutie"))
@@ -65,9 +99,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a CPU shared with other work, more threads wait on each other)")
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--gpu", action="store_true", help="measure peak GPU memory and clips/s instead (CUDA)")
+    p.add_argument("--gpu-steps", type=int, default=20, help="--gpu: optimizer steps per batch size")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.gpu:
+        raise SystemExit(gpu_figures(args))
+    torch.set_num_threads(args.threads)
 
     width, height = (int(v) for v in args.video_size.split("x"))
     photos = [p for p in PHOTOS if Path(p).is_dir()]

@@ -16,6 +16,7 @@ sensory memory (a linear predictor, aux_computer.sensory_aux) and of each object
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -67,14 +68,16 @@ def build_cutie_model(name: str, checkpoint: str | None, seed: int) -> Cutie:
     if checkpoint is None:
         torch.manual_seed(seed)  # the deterministic random weights of an untrained model
     model = entry.build()
-    model.aux_computer = AuxComputer(model.sensory_dim, model.pix_feat_proj.out_channels)
+    aux = {}
     if checkpoint is not None:
-        state = read_checkpoint(entry, checkpoint)
+        # every tensor of the file: the zoo entry leaves out aux_computer, which inference does not use
+        state = read_checkpoint(dataclasses.replace(entry, ignored_prefixes=()), checkpoint)
         aux = {k[len("aux_computer."):]: v for k, v in state.items() if k.startswith("aux_computer.")}
         load_state(model, entry, {k: v for k, v in state.items() if not k.startswith("aux_computer.")},
                    str(checkpoint))
-        if aux:
-            model.aux_computer.load_state_dict(aux)
+    model.aux_computer = AuxComputer(model.sensory_dim, model.pix_feat_proj.out_channels)
+    if aux:
+        model.aux_computer.load_state_dict(aux)
     model.model_name = name
     return model
 
@@ -310,6 +313,13 @@ class CutieRecipe(Recipe):
 
     # --- validation ---
     def validate(self, model: nn.Module, dataset, device: torch.device) -> dict[str, float]:
+        from maskml.train import distributed as dist
         from maskml.train.video_eval import evaluate_videos, tracker_fn
 
+        # BatchNorm statistics are per process under DDP (it copies rank 0's into the others only at the next
+        # forward): every rank validates with rank 0's, the weights model.pt gets
+        if dist.world_size() > 1:
+            main = dist.all_gather_objects({k: v.cpu() for k, v in model.named_buffers()} if dist.is_main() else None)[0]
+            for name, value in model.named_buffers():
+                value.copy_(main[name])
         return evaluate_videos(tracker_fn(model, dict(self.cfg.recipe.val_tracker)), dataset)
