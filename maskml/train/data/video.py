@@ -266,8 +266,8 @@ def uniform(g: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=g))
 
 
-def affine_matrix(g: torch.Generator, degrees: float, shear: float, scale: tuple[float, float], centre: tuple[float, float]
-                  ) -> torch.Tensor:
+def affine_matrix(g: torch.Generator, degrees: float, shear: float, scale: tuple[float, float],
+                  centre: tuple[float, float]) -> torch.Tensor:
     """3 x 3 pixel-coordinate map of a random rotation, x-shear and zoom about `centre` (torchvision's
     RandomAffine: rotation in [-degrees, degrees], shear in [-shear, shear], scale in `scale`)."""
     angle = math.radians(uniform(g, -degrees, degrees))

@@ -113,7 +113,8 @@ def uncertain_points(logits: torch.Tensor, num_points: int, oversample_ratio: fl
     return torch.cat([points, random_points], 1)
 
 
-def point_losses(logits: torch.Tensor, soft_gt: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def point_losses(logits: torch.Tensor, soft_gt: torch.Tensor, points: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy (summed over frames, mean over points) and dice of the objects (background left out;
     summed over frames, mean over objects) at the points: logits and soft_gt (T, N + 1, ., .)."""
     point_logits = point_sample(logits, points)
@@ -319,7 +320,8 @@ class CutieRecipe(Recipe):
         # BatchNorm statistics are per process under DDP (it copies rank 0's into the others only at the next
         # forward): every rank validates with rank 0's, the weights model.pt gets
         if dist.world_size() > 1:
-            main = dist.all_gather_objects({k: v.cpu() for k, v in model.named_buffers()} if dist.is_main() else None)[0]
+            mine = {k: v.cpu() for k, v in model.named_buffers()} if dist.is_main() else None
+            main = dist.all_gather_objects(mine)[0]
             for name, value in model.named_buffers():
                 value.copy_(main[name])
         return evaluate_videos(tracker_fn(model, dict(self.cfg.recipe.val_tracker)), dataset)
