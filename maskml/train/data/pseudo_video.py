@@ -19,10 +19,9 @@ import torch
 from torch.utils.data import Dataset
 
 from maskml.errors import MaskmlError
-from maskml.train.data.dataset import SkippingLoader
+from maskml.train.data.dataset import SkippingLoader, _uniform as uniform
 from maskml.train.data.readers import Source
-from maskml.train.data.video import (affine_matrix, colour_jitter, pick_objects, random_grayscale, uniform,
-                                     warp)
+from maskml.train.data.video import affine_matrix, colour_jitter, pick_objects, random_grayscale, warp
 
 TPS_POINTS = 12
 TPS_SCALE = 0.02

@@ -50,7 +50,8 @@ from torch.utils.data import Dataset
 from maskml.errors import MaskmlError
 from maskml.io.masks import read_mask
 from maskml.io.rle import decode_rle
-from maskml.io.video import open_video
+from maskml.io.video import in_frame_order, open_video
+from maskml.train.data.dataset import _uniform as uniform
 from maskml.train.data.readers import IMAGE_SUFFIXES, BadSample, _image_tensor
 
 SAV_STEP = 4  # SA-V annotates every 4th frame (6 of the videos' 24 frames per second)
@@ -133,12 +134,6 @@ def _read_sav_json(path: Path) -> tuple[list[list[dict]], list[int]]:
     return masklets, ids
 
 
-def ordered_stems(paths: list[Path]) -> list[Path]:
-    """Files in time order: by the numbers their stems are when all are numbers, else by name."""
-    numbered = all(p.stem.isascii() and p.stem.isdigit() for p in paths)
-    return sorted(paths, key=(lambda p: (int(p.stem), p.name)) if numbered else (lambda p: p.name))
-
-
 def detect_layout(root: Path) -> str | None:
     if (root / "synth.json").is_file() and (root / "videos" / "JPEGImages").is_dir():
         return "synth"
@@ -185,7 +180,7 @@ def _folder_videos(root: Path, skipped: list[str]) -> list[VideoRecord]:
             skipped.append(f"{unpaired[0]}: a mask without its frame in {image_dir} ({len(unpaired)} of "
                            f"{len(masks)} masks): masks and frames do not pair up")
             continue
-        masks = ordered_stems(masks)
+        masks = in_frame_order(masks)
         videos.append(VideoRecord(name, [m.stem for m in masks], [images[m.stem] for m in masks], masks,
                                   object_ids=None if meta_objects is None else meta_objects[name]))
     return videos
@@ -261,10 +256,6 @@ def warn_skipped(skipped: list[str], where: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ augmentation
-
-def uniform(g: torch.Generator, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=g))
-
 
 def affine_matrix(g: torch.Generator, degrees: float, shear: float, scale: tuple[float, float],
                   centre: tuple[float, float]) -> torch.Tensor:
