@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from _common import draw_curve
 from maskml.io.images import atomic_path
 from maskml.train.data.synth import SynthConfig, generate
-from maskml.train.data.video import HeldOutVideos, open_videos
+from maskml.train.data.video import HeldOutVideos, VideoClips, open_videos
 from maskml.train.recipes.cutie import CutieRecipe
 from maskml.train.video_eval import evaluate_videos, hold_first_mask, tracker_fn
 
@@ -100,6 +100,8 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=30.0, help="training budget (evaluations not counted)")
     p.add_argument("--eval-every", type=float, default=6.0, help="training minutes between evaluations")
     p.add_argument("--train-videos", type=int, default=48)
+    p.add_argument("--train-candidates", type=int, default=160,
+                   help="videos generated for training; the first --train-videos whose objects stay in view train")
     p.add_argument("--val-videos", type=int, default=8)
     p.add_argument("--min-visible", type=float, default=0.75,
                    help="held-out videos: each first-frame object annotated in at least this share of the frames")
@@ -127,13 +129,18 @@ def main() -> None:
     width, height = (int(v) for v in args.video_size.split("x"))
     photos = [p for p in PHOTOS if Path(p).is_dir()]
     data = args.out / "data"
-    train_root, val_root = data / f"train_{args.train_videos}", data / f"val_{args.val_videos * 4}"
+    train_root, val_root = data / f"train_{args.train_candidates}", data / f"val_{args.val_videos * 4}"
     common = dict(width=width, height=height, frames=args.video_frames, min_objects=1, max_objects=3, photos=photos)
-    generate(train_root, SynthConfig(videos=args.train_videos, seed=1, **common), progress=False)
+    generate(train_root, SynthConfig(videos=args.train_candidates, seed=1, **common), progress=False)
     generate(val_root, SynthConfig(videos=args.val_videos * 4, seed=2, **common), progress=False)
     recipe = CutieRecipe(config(train_root, args))
     model = recipe.build_model().train()
-    train = recipe.train_dataset()
+    # the training videos are chosen as the held-out ones are (objects that stay in view): the recipe's clips
+    # from them, with the recipe's settings
+    train_videos = tracked_videos(open_videos(train_root)[0], args.train_videos, args.min_visible).videos
+    s = recipe.settings
+    train = VideoClips(train_videos, s["num_frames"], s["max_objects"], s["size"], max_gap=args.max_gap)
+    print(f"training on {len(train_videos)} of {args.train_candidates} videos", flush=True)
     val = tracked_videos(open_videos(val_root)[0], args.val_videos, args.min_visible)
     optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=args.lr)
     params = [q for group in optimizer.param_groups for q in group["params"]]
