@@ -40,7 +40,7 @@ def config(train_root: Path, args) -> OmegaConf:
                            {"root": str(train_root)})
     return OmegaConf.create({
         "seed": 0,
-        "model": {"name": "sam2.1_hiera_t", "checkpoint": None, "image_size": args.image_size},
+        "model": {"name": "sam2.1_hiera_t", "checkpoint": args.checkpoint, "image_size": args.image_size},
         "data": data, "recipe": recipe,
         "optim": {"lr": args.lr, "encoder_lr": None, "layer_decay": 1.0, "weight_decay": 0.01},
     })
@@ -53,6 +53,9 @@ def main() -> None:
     p.add_argument("--eval-every", type=float, default=5.0, help="minutes of training between evaluations")
     add_arguments(p)
     p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--checkpoint", default=None,
+                   help="start from these weights (official layout, e.g. an earlier run's model.pt) instead of the "
+                        "deterministic random ones")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (the recipe's 8)")
     p.add_argument("--objects", type=int, default=3, help="objects per clip (the recipe's 3)")
     p.add_argument("--corrections", type=int, default=1, help="correction clicks per corrected frame (the recipe's 7)")
