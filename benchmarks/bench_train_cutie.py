@@ -28,14 +28,12 @@ import torch
 from omegaconf import OmegaConf
 
 from _common import draw_curve
+from _synthetic_videos import PHOTOS, predict_nothing, tracked_videos
 from maskml.io.images import atomic_path
 from maskml.train.data.synth import SynthConfig, generate
-from maskml.train.data.video import HeldOutVideos, VideoClips, open_videos
+from maskml.train.data.video import VideoClips, open_videos
 from maskml.train.recipes.cutie import CutieRecipe
 from maskml.train.video_eval import evaluate_videos, hold_first_mask, tracker_fn
-
-PHOTOS = ("examples", "../shared/data/images")  # real photos for cut-outs and backgrounds, when present
-
 
 def config(train_root: Path, args) -> OmegaConf:
     return OmegaConf.create({
@@ -50,20 +48,6 @@ def config(train_root: Path, args) -> OmegaConf:
                    "backbone_lr_ratio": args.backbone_lr_ratio, "embed_weight_decay": 0.0,
                    "aux_loss": {"sensory": 0.01, "query": 0.01}, "val_tracker": {}},
     })
-
-
-def tracked_videos(videos, count: int, min_visible: float) -> HeldOutVideos:
-    """The first `count` videos whose first-frame objects stay annotated in at least min_visible of the frames:
-    synthetic objects often leave the frame or hide for good within a few frames, and on such videos predicting
-    nothing scores well (J = 1 where both masks are empty), which is not tracking."""
-    kept = []
-    for video in videos:
-        item = HeldOutVideos([video])[0]
-        if item["obj_ids"] and item["masks"].flatten(2).any(2).float().mean(0).min() >= min_visible:
-            kept.append(video)
-        if len(kept) == count:
-            break
-    return HeldOutVideos(kept)
 
 
 def gpu_figures(args) -> int:
@@ -153,8 +137,7 @@ def main() -> None:
         return score
 
     baseline = evaluate_videos(hold_first_mask, val)["J&F"]
-    nothing = evaluate_videos(lambda frames, first: torch.zeros(len(frames), *first.shape[-2:], dtype=torch.long),
-                              val)["J&F"]
+    nothing = evaluate_videos(predict_nothing, val)["J&F"]
     rows: list[dict] = [{"minutes": 0.0, "step": 0, "loss": float("nan"), "iou": float("nan"), "jf": evaluate()}]
     print(f"held-out J&F ({len(val)} videos): hold the first mask {baseline:.4f}, predict nothing {nothing:.4f}, "
           f"untrained {rows[0]['jf']:.4f}", flush=True)
