@@ -106,3 +106,43 @@ def find_checkout(src: str | Path, names: tuple[str, ...], package: str) -> Path
         if (root / package).is_dir():  # with or without __init__.py (Cutie's is a namespace package)
             return root
     raise SystemExit(f"no {package} checkout at {src} (nor {', '.join(names)} inside it)")
+
+
+def draw_curve(rows: list[dict], path: Path, title: str, metric: str, legend: str,
+               baseline: float | None = None) -> None:
+    """A learning curve as a PNG (drawn with OpenCV): rows' `metric` (a 0-1 score; NaN rows skipped) in blue
+    with points, their training "loss" scaled to its maximum in red, against "minutes"; `baseline` (a score to
+    beat) as a grey line; `title` lines on top, `legend` below."""
+    import cv2
+    import numpy as np
+
+    w, h, m = 800, 500, 60
+    img = np.full((h, w, 3), 255, np.uint8)
+    t_max = max(r["minutes"] for r in rows) or 1.0
+    cv2.rectangle(img, (m, m), (w - m, h - m), (0, 0, 0), 1)
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = int(h - m - v * (h - 2 * m))
+        cv2.line(img, (m, y), (w - m, y), (220, 220, 220), 1)
+        cv2.putText(img, f"{v:.2f}", (8, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    for k in range(0, int(t_max) + 1, max(1, int(t_max) // 6)):
+        x = int(m + k / t_max * (w - 2 * m))
+        cv2.putText(img, f"{k}", (x - 5, h - m + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    if baseline is not None:
+        y = int(h - m - baseline * (h - 2 * m))
+        cv2.line(img, (m, y), (w - m, y), (128, 128, 128), 1)
+    evals = [r for r in rows if r[metric] == r[metric]]
+    pts = np.array([[m + r["minutes"] / t_max * (w - 2 * m), h - m - r[metric] * (h - 2 * m)] for r in evals],
+                   np.int32)
+    cv2.polylines(img, [pts], False, (200, 60, 0), 2)
+    for p in pts:
+        cv2.circle(img, tuple(int(c) for c in p), 4, (200, 60, 0), -1)
+    losses = [r for r in rows if r["loss"] == r["loss"]]
+    if losses:
+        top = max(r["loss"] for r in losses)
+        lp = np.array([[m + r["minutes"] / t_max * (w - 2 * m), h - m - r["loss"] / top * (h - 2 * m)]
+                       for r in losses], np.int32)
+        cv2.polylines(img, [lp], False, (0, 0, 200), 1)
+    for i, line in enumerate(title.split("\n")):
+        cv2.putText(img, line, (m, 22 + 20 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.putText(img, legend, (m, h - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    cv2.imwrite(str(path), img)

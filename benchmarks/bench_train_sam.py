@@ -18,11 +18,10 @@ import math
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from _common import draw_curve
 from maskml.eval.interactive import evaluate_interactive
 from maskml.train.data.dataset import EvalDataset
 from maskml.train.data.readers import open_source
@@ -45,38 +44,6 @@ def config(data_root: Path, args) -> OmegaConf:
                    "loss": {"focal": 20.0, "dice": 1.0, "iou": 1.0, "object_score": 1.0, "focal_alpha": 0.25,
                             "focal_gamma": 2.0, "supervise_all_iou": True}},
     })
-
-
-def draw_curve(rows: list[dict], path: Path, title: str, what: str) -> None:
-    """mIoU (and training loss, scaled to its maximum) against minutes, as a PNG."""
-    w, h, m = 800, 500, 60
-    img = np.full((h, w, 3), 255, np.uint8)
-    t_max = max(r["minutes"] for r in rows) or 1.0
-    cv2.rectangle(img, (m, m), (w - m, h - m), (0, 0, 0), 1)
-    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = int(h - m - v * (h - 2 * m))
-        cv2.line(img, (m, y), (w - m, y), (220, 220, 220), 1)
-        cv2.putText(img, f"{v:.2f}", (8, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-    for k in range(0, int(t_max) + 1, max(1, int(t_max) // 6)):
-        x = int(m + k / t_max * (w - 2 * m))
-        cv2.putText(img, f"{k}", (x - 5, h - m + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-    evals = [r for r in rows if r["miou_1"] == r["miou_1"]]
-    pts = np.array([[m + r["minutes"] / t_max * (w - 2 * m), h - m - r["miou_1"] * (h - 2 * m)] for r in evals],
-                   np.int32)
-    cv2.polylines(img, [pts], False, (200, 60, 0), 2)
-    for p in pts:
-        cv2.circle(img, tuple(int(c) for c in p), 4, (200, 60, 0), -1)
-    losses = [r for r in rows if r["loss"] == r["loss"]]
-    if losses:
-        top = max(r["loss"] for r in losses)
-        lp = np.array([[m + r["minutes"] / t_max * (w - 2 * m), h - m - r["loss"] / top * (h - 2 * m)]
-                       for r in losses], np.int32)
-        cv2.polylines(img, [lp], False, (0, 0, 200), 1)
-    for i, line in enumerate(title.split("\n")):
-        cv2.putText(img, line, (m, 22 + 20 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.putText(img, f"{what} 1-click mIoU (blue), training loss / max (red); minutes", (m, h - 15),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-    cv2.imwrite(str(path), img)
 
 
 def main() -> None:
@@ -183,7 +150,8 @@ def main() -> None:
     what = "training-image" if args.overfit else "held-out"
     title = (f"mobile_sam from random weights, {args.image_size} px, synthetic data{' (one image)' * args.overfit}\n"
              f"{what} 1-click mIoU {untrained:.3f} -> {final:.3f} in {step} steps")
-    draw_curve(rows, args.out / "curve.png", title, what)
+    draw_curve(rows, args.out / "curve.png", title, "miou_1",
+               f"{what} 1-click mIoU (blue), training loss / max (red); minutes")
     print(f"untrained {untrained:.4f} -> trained {final:.4f} (+{final - untrained:.4f}) after {step} steps, "
           f"{rows[-1]['minutes']:.1f} min; {args.out / 'curve.csv'}, {args.out / 'curve.png'}", flush=True)
     assert math.isfinite(final)

@@ -84,6 +84,12 @@ class VideoSource:
         return frame
 
 
+def in_frame_order(files: list[Path]) -> list[Path]:
+    """Frame files in time order: by the numbers their stems are when all are numbers, else by name."""
+    numbered = all(p.stem.isascii() and p.stem.isdigit() for p in files)
+    return sorted(files, key=(lambda p: (int(p.stem), p.name)) if numbered else (lambda p: p.name))
+
+
 class FrameFolder(VideoSource):
     """A folder of images in the order of their file names (names that are all numbers in the
     order of their values, as SAM 2 reads them, so 1.jpg, 2.jpg, 10.jpg need no zero padding);
@@ -96,8 +102,7 @@ class FrameFolder(VideoSource):
                  if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith(".") and p.is_file()]
         if not files:
             raise MaskmlError(f"folder {path} holds no frames: put the frames there as .jpg, .jpeg or .png files")
-        numbered = all(p.stem.isascii() and p.stem.isdigit() for p in files)
-        self.files = sorted(files, key=(lambda p: (int(p.stem), p.name)) if numbered else (lambda p: p.name))
+        self.files = in_frame_order(files)
         self.names = [p.stem for p in self.files]
         if len(set(self.names)) != len(self.names):
             twice = sorted({n for n in self.names if self.names.count(n) > 1})

@@ -54,10 +54,13 @@ class LossWeights:
 
 
 def mask_losses(logits: torch.Tensor, iou_pred: torch.Tensor, targets: torch.Tensor, candidates: torch.Tensor,
-                weights: LossWeights, object_score_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                weights: LossWeights, object_score_logits: torch.Tensor | None = None,
+                present: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One decoder pass: logits (K, M, H, W), iou_pred (K, M), targets (K, H, W), candidates (K, M) bool (the
     masks each object may be judged on: the multi-mask outputs, or the single one). Focal and dice on the
-    candidate with the lowest weighted focal + dice; each term averaged over the K objects."""
+    candidate with the lowest weighted focal + dice; each term averaged over the K objects. present (K,) bool:
+    whether each object is in view (video frames; default all): as SAM 2's training, absent objects add only
+    the object-score loss (target 0), and the other terms still divide by K."""
     focal = focal_loss(logits, targets, weights.focal_alpha, weights.focal_gamma)
     dice = dice_loss(logits, targets)
     combined = weights.focal * focal + weights.dice * dice
@@ -68,11 +71,12 @@ def mask_losses(logits: torch.Tensor, iou_pred: torch.Tensor, targets: torch.Ten
         iou_loss = (iou_error * candidates).sum(1) / candidates.sum(1).clamp(min=1)
     else:
         iou_loss = iou_error.gather(1, best)[:, 0]
-    out = {"focal": focal.gather(1, best)[:, 0].mean(), "dice": dice.gather(1, best)[:, 0].mean(),
-           "iou": iou_loss.mean()}
-    if object_score_logits is not None:  # every object is present in an image sample
+    shown = torch.ones(len(targets), device=targets.device) if present is None else present.float()
+    out = {"focal": (focal.gather(1, best)[:, 0] * shown).mean(), "dice": (dice.gather(1, best)[:, 0] * shown).mean(),
+           "iou": (iou_loss * shown).mean()}
+    if object_score_logits is not None:
         out["object_score"] = F.binary_cross_entropy_with_logits(
-            object_score_logits, torch.ones_like(object_score_logits))
+            object_score_logits, shown[:, None].to(object_score_logits.dtype))
     out["loss"] = (weights.focal * out["focal"] + weights.dice * out["dice"] + weights.iou * out["iou"]
                    + weights.object_score * out.get("object_score", 0.0))
     out["best_iou"] = true_iou.gather(1, best)[:, 0].mean()

@@ -66,12 +66,13 @@ class Cutie(nn.Module):
         return read_top_k(query_key, query_selection, mem_key, mem_shrinkage, mem_values, top_k)
 
     def read_memory(self, pixel_readout: torch.Tensor, pix_feat: torch.Tensor, sensory: torch.Tensor,
-                    last_mask: torch.Tensor, obj_memory: torch.Tensor, selector: torch.Tensor | None = None):
+                    last_mask: torch.Tensor, obj_memory: torch.Tensor, selector: torch.Tensor | None = None,
+                    aux_logits: list | None = None):
         """Readout of the pixel memory (B, N, C, h, w) -> fused with sensory memory and the last masks,
-        then refined by the object transformer."""
+        then refined by the object transformer (aux_logits: see QueryTransformer.forward)."""
         last_mask = downsample_area(last_mask, last_mask.shape[-1] // sensory.shape[-1])
         fused = self.pixel_fuser(pix_feat, pixel_readout, sensory, last_mask, others_of(last_mask))
-        return self.object_transformer(fused, obj_memory, selector=selector)
+        return self.object_transformer(fused, obj_memory, selector=selector, aux_logits=aux_logits)
 
     def segment(self, ms_features, readout: torch.Tensor, sensory: torch.Tensor, selector: torch.Tensor | None = None,
                 update_sensory: bool = True):

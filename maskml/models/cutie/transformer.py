@@ -165,8 +165,11 @@ class QueryTransformer(nn.Module):
         self.blocks = nn.ModuleList(QueryTransformerBlock(embed_dim, num_heads, ff_dim) for _ in range(num_blocks))
         self.mask_pred = nn.ModuleList(nn.Sequential(nn.ReLU(), GConv2d(embed_dim, 1, 1)) for _ in range(num_blocks + 1))
 
-    def forward(self, pixel: torch.Tensor, obj_summaries: torch.Tensor, selector: torch.Tensor | None = None):
-        """pixel (B, N, C, H, W); obj_summaries (B, N, Q, C + 1): summed summaries, last channel the area."""
+    def forward(self, pixel: torch.Tensor, obj_summaries: torch.Tensor, selector: torch.Tensor | None = None,
+                aux_logits: list | None = None):
+        """pixel (B, N, C, H, W); obj_summaries (B, N, Q, C + 1): summed summaries, last channel the area.
+        aux_logits: a list that receives each level's mask logits (B, N, H, W), all num_blocks + 1 of them
+        (training's auxiliary loss)."""
         b, n, _, h, w = pixel.shape
         summaries = obj_summaries.reshape(b * n, self.num_queries, self.embed_dim + 1)
         obj_values = summaries[..., :-1] / (summaries[..., -1:] + 0.0001)
@@ -175,11 +178,18 @@ class QueryTransformer(nn.Module):
         pixel_emb = self.pixel_emb_proj(pixel).flatten(3, 4).flatten(0, 1).transpose(1, 2)
         pixel_pe = self.spatial_pe(h, w).flatten(0, 1).unsqueeze(0) + pixel_emb
         pixel = self.pixel_init_proj(pixel)
-        blocked = self._attention_mask(self.mask_pred[0](pixel).squeeze(2), selector)
+        logits = self.mask_pred[0](pixel).squeeze(2)
+        blocked = self._attention_mask(logits, selector)
+        if aux_logits is not None:
+            aux_logits.append(logits)
         for i, block in enumerate(self.blocks):
             query, pixel = block(query, pixel, query_emb, pixel_pe, blocked)
-            if i + 1 < len(self.blocks):  # the last mask_pred only feeds the official training's auxiliary loss
-                blocked = self._attention_mask(self.mask_pred[i + 1](pixel).squeeze(2), selector)
+            if i + 1 < len(self.blocks) or aux_logits is not None:  # the last one only feeds the auxiliary loss
+                logits = self.mask_pred[i + 1](pixel).squeeze(2)
+                if aux_logits is not None:
+                    aux_logits.append(logits)
+                if i + 1 < len(self.blocks):
+                    blocked = self._attention_mask(logits, selector)
         return pixel
 
     def _attention_mask(self, logits: torch.Tensor, selector: torch.Tensor | None) -> torch.Tensor:

@@ -26,8 +26,10 @@ class RoPEAttention(Attention):
         side = int(round(n ** 0.5))  # queries cover a square grid, as in the official model
         key = (side, device)
         if key not in self._tables:
-            self._tables = {key: axial_rope_table(self.internal_dim // self.num_heads, side, side, self.rope_theta,
-                                                  device)}
+            # built outside inference mode so the cached table also serves training after an evaluation
+            with torch.inference_mode(False), torch.no_grad():
+                self._tables = {key: axial_rope_table(self.internal_dim // self.num_heads, side, side,
+                                                      self.rope_theta, device)}
         return self._tables[key]
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0) -> torch.Tensor:

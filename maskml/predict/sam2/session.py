@@ -63,6 +63,33 @@ class ObjectTrack:
         return self.cond.get(frame) or self.non_cond.get(frame)
 
 
+def memory_bank(model: Sam2, cond: dict[int, FrameOutput], non_cond: dict[int, FrameOutput], frame: int,
+                num_frames: int, reverse: bool = False, future_pointers: bool = False):
+    """What `frame` attends to, as Sam2.attend_memory's (spatial, pointers, max_pointer_distance): the memories
+    of every conditioning frame and of the num_maskmem - 1 nearest earlier (reverse: later) tracked frames,
+    oldest first; the object pointers of the conditioning frames and of up to max_obj_ptrs - 1 earlier
+    tracked frames. Inference reads only the pointers of conditioning frames up to `frame`; the official
+    training reads every conditioning frame's (future_pointers=True), since it prompts frames ahead first."""
+    step = -1 if reverse else 1
+    spatial = [(o.memory, model.num_maskmem - 1) for o in cond.values()]
+    for distance in range(model.num_maskmem - 1, 0, -1):  # oldest first
+        o = non_cond.get(frame - step * distance)
+        if o is not None:
+            spatial.append((o.memory, distance - 1))
+    max_ptrs = min(num_frames, model.max_obj_ptrs)
+    signed = model.version == "2.1"
+    pointers = [(((frame - t) * step) if signed else abs(frame - t), o.obj_ptr)
+                for t, o in cond.items() if future_pointers or (t >= frame if reverse else t <= frame)]
+    for distance in range(1, max_ptrs):
+        t = frame - step * distance
+        if not 0 <= t < num_frames:
+            break
+        o = non_cond.get(t)
+        if o is not None:
+            pointers.append((distance, o.obj_ptr))
+    return spatial, pointers, max_ptrs - 1
+
+
 class PropagationStep(NamedTuple):
     frame_idx: int
     obj_ids: list[int]
@@ -255,7 +282,8 @@ class VideoSession:
             if is_init:
                 conditioned = model.attend_memory(features, [], [], 0)
             else:
-                conditioned = model.attend_memory(features, *self._memory_bank(track, frame, reverse))
+                conditioned = model.attend_memory(features, *memory_bank(model, track.cond, track.non_cond, frame,
+                                                                         self.num_frames, reverse))
             coords, labels = points if points is not None else (None, None)
             multimask = labels is None or labels.shape[1] <= 1  # 0 or 1 click: choose among 3 masks
             head = model.predict_masks(conditioned, features.high_res, coords, labels, prev_logits, multimask)
@@ -269,27 +297,6 @@ class VideoSession:
         high_res = F.interpolate(out.logits, (size, size), mode="bilinear", align_corners=False)
         # stored in bfloat16, as the official predictor does (it changes results at the 1e-5 level)
         return self.model.encode_memory(features, high_res, out.object_score, binarize).to(torch.bfloat16)
-
-    def _memory_bank(self, track: ObjectTrack, frame: int, reverse: bool):
-        model = self.model
-        step = -1 if reverse else 1
-        spatial = [(o.memory, model.num_maskmem - 1) for o in track.cond.values()]
-        for distance in range(model.num_maskmem - 1, 0, -1):  # oldest first
-            o = track.non_cond.get(frame - step * distance)
-            if o is not None:
-                spatial.append((o.memory, distance - 1))
-        max_ptrs = min(self.num_frames, model.max_obj_ptrs)
-        signed = model.version == "2.1"
-        pointers = [(((frame - t) * step) if signed else abs(frame - t), o.obj_ptr)
-                    for t, o in track.cond.items() if (t >= frame if reverse else t <= frame)]
-        for distance in range(1, max_ptrs):
-            t = frame - step * distance
-            if not 0 <= t < self.num_frames:
-                break
-            o = track.non_cond.get(t)
-            if o is not None:
-                pointers.append((distance, o.obj_ptr))
-        return spatial, pointers, max_ptrs - 1
 
     def _frame_result(self, frame: int, kind: str) -> PropagationStep:
         logits = []

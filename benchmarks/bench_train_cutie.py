@@ -1,0 +1,198 @@
+"""Proof that the cutie recipe learns: Cutie-small from its deterministic random weights (no ImageNet
+backbone), trained on synthetic videos (`maskml data synth`: moving, turning, occluding objects that enter
+and leave) at a reduced size for a wall-clock budget; J&F on held-out synthetic videos (semi-supervised:
+first-frame masks, maskml.train.video_eval, the DAVIS tool's scoring) before training and at intervals,
+against the trivial tracker that holds the first frame's mask. Writes curve.csv and curve.png into --out.
+
+    python benchmarks/bench_train_cutie.py --minutes 30 --out runs/bench_train_cutie
+    python benchmarks/bench_train_cutie.py --gpu --out runs/gpu_cutie    # peak GPU memory and clips/s
+
+The loop is the recipe's training_step (clips of recipe.num_frames frames, memory written through the clip,
+the official losses) with AdamW over the recipe's parameter groups, so the budget is wall-clock time (the
+engine, maskml.train, counts steps). Evaluation time is not counted in the training budget.
+
+--gpu: the official main stage (480 px crops, 8-frame clips, 3 reference frames, 3 objects, 12544 points,
+bf16 autocast) through the engine (maskml.train.engine.Trainer) on CUDA, for batch sizes 1, 2 and 4 in one
+process: peak GPU memory (torch.cuda.max_memory_allocated, reset before each) and clips per second over the
+steps after the first log window. Without CUDA it prints one line and exits with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from _common import draw_curve
+from _synthetic_videos import PHOTOS, predict_nothing, tracked_videos
+from maskml.io.images import atomic_path
+from maskml.train.data.synth import SynthConfig, generate
+from maskml.train.data.video import VideoClips, open_videos
+from maskml.train.recipes.cutie import CutieRecipe
+from maskml.train.video_eval import evaluate_videos, hold_first_mask, tracker_fn
+
+def config(train_root: Path, args) -> OmegaConf:
+    return OmegaConf.create({
+        "seed": 0,
+        "model": {"name": "cutie_small", "checkpoint": None},
+        "data": {"root": str(train_root), "layout": "auto", "max_gap": args.max_gap, "val_videos": 0,
+                 "val_root": None, "on_error": "skip"},
+        "optim": {"lr": args.lr, "weight_decay": 0.001},
+        "recipe": {"stage": "main", "num_frames": args.frames, "num_ref_frames": 3, "max_objects": 3,
+                   "num_points": args.points, "size": args.size, "oversample_ratio": 3.0,
+                   "importance_sample_ratio": 0.75, "deep_update_prob": 0.2,
+                   "backbone_lr_ratio": args.backbone_lr_ratio, "embed_weight_decay": 0.0,
+                   "aux_loss": {"sensory": 0.01, "query": 0.01}, "val_tracker": {}},
+    })
+
+
+def gpu_figures(args) -> int:
+    """Peak GPU memory and clips/s of the official main stage, per batch size (see the module docstring)."""
+    from maskml.configs import compose_train_config
+    from maskml.train.engine import Trainer
+
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing measured")
+        return 1
+    root = args.out / "data" / "gpu_videos"
+    generate(root, SynthConfig(videos=12, seed=3, width=854, height=480, frames=24), progress=False)
+    steps = max(4, args.gpu_steps)
+    for batch in (1, 2, 4):
+        out_dir = args.out / f"gpu_batch{batch}"
+        cfg = compose_train_config("cutie", [
+            f"data.root={root}", "trainer.device=cuda", "trainer.precision=bf16", f"trainer.batch_size={batch}",
+            f"trainer.max_steps={steps}", f"trainer.log_every={steps // 2}", f"trainer.ckpt_every={steps}",
+            "trainer.num_workers=4", "trainer.progress=false", f"trainer.out_dir={out_dir}"], ())
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        Trainer(cfg).fit()
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        with open(out_dir / "log.csv", newline="") as f:
+            steps_per_s = float(list(csv.DictReader(f))[-1]["steps_per_s"])
+        print(f"cutie_small main stage, 480 px, 8 frames, batch {batch}: peak {peak:.1f} GiB, "
+              f"{steps_per_s * batch:.2f} clips/s ({torch.cuda.get_device_name()})", flush=True)
+    return 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/bench_train_cutie"))
+    p.add_argument("--minutes", type=float, default=30.0, help="training budget (evaluations not counted)")
+    p.add_argument("--eval-every", type=float, default=6.0, help="training minutes between evaluations")
+    p.add_argument("--train-videos", type=int, default=48)
+    p.add_argument("--train-candidates", type=int, default=160,
+                   help="videos generated for training; the first --train-videos whose objects stay in view train")
+    p.add_argument("--val-videos", type=int, default=8)
+    p.add_argument("--min-visible", type=float, default=0.75,
+                   help="held-out videos: each first-frame object annotated in at least this share of the frames")
+    p.add_argument("--video-size", default="96x72", help="WIDTHxHEIGHT of the synthetic videos")
+    p.add_argument("--video-frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=64, help="training crop side (the recipe's 480)")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip (the recipe's 8)")
+    p.add_argument("--points", type=int, default=2048, help="sampled points per frame (the recipe's 12544)")
+    p.add_argument("--max-gap", type=int, default=3)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--backbone-lr-ratio", type=float, default=1.0,
+                   help="the recipe's 0.1 protects a pretrained backbone; from random weights it learns at lr")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a CPU shared with other work, more threads wait on each other)")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--gpu", action="store_true", help="measure peak GPU memory and clips/s instead (CUDA)")
+    p.add_argument("--gpu-steps", type=int, default=20, help="--gpu: optimizer steps per batch size")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.gpu:
+        raise SystemExit(gpu_figures(args))
+    torch.set_num_threads(args.threads)
+
+    width, height = (int(v) for v in args.video_size.split("x"))
+    photos = [p for p in PHOTOS if Path(p).is_dir()]
+    data = args.out / "data"
+    train_root, val_root = data / f"train_{args.train_candidates}", data / f"val_{args.val_videos * 4}"
+    common = dict(width=width, height=height, frames=args.video_frames, min_objects=1, max_objects=3, photos=photos)
+    generate(train_root, SynthConfig(videos=args.train_candidates, seed=1, **common), progress=False)
+    generate(val_root, SynthConfig(videos=args.val_videos * 4, seed=2, **common), progress=False)
+    recipe = CutieRecipe(config(train_root, args))
+    model = recipe.build_model().train()
+    # the training videos are chosen as the held-out ones are (objects that stay in view): the recipe's clips
+    # from them, with the recipe's settings
+    train_videos = tracked_videos(open_videos(train_root)[0], args.train_videos, args.min_visible).videos
+    s = recipe.settings
+    train = VideoClips(train_videos, s["num_frames"], s["max_objects"], s["size"], max_gap=args.max_gap)
+    print(f"training on {len(train_videos)} of {args.train_candidates} videos", flush=True)
+    val = tracked_videos(open_videos(val_root)[0], args.val_videos, args.min_visible)
+    optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=args.lr)
+    params = [q for group in optimizer.param_groups for q in group["params"]]
+    warmup = 20
+
+    def evaluate() -> float:
+        model.eval()
+        score = evaluate_videos(tracker_fn(model), val)["J&F"]
+        model.train()
+        return score
+
+    baseline = evaluate_videos(hold_first_mask, val)["J&F"]
+    nothing = evaluate_videos(predict_nothing, val)["J&F"]
+    rows: list[dict] = [{"minutes": 0.0, "step": 0, "loss": float("nan"), "iou": float("nan"), "jf": evaluate()}]
+    print(f"held-out J&F ({len(val)} videos): hold the first mask {baseline:.4f}, predict nothing {nothing:.4f}, "
+          f"untrained {rows[0]['jf']:.4f}", flush=True)
+    budget, next_eval = args.minutes * 60, args.eval_every * 60
+    trained_seconds, step, order, running, running_iou = 0.0, 0, [], [], []
+    while True:
+        if trained_seconds >= next_eval or trained_seconds >= budget:
+            rows.append({"minutes": trained_seconds / 60, "step": step, "loss": sum(running) / max(len(running), 1),
+                         "iou": sum(running_iou) / max(len(running_iou), 1), "jf": evaluate()})
+            running, running_iou = [], []
+            print(f"{rows[-1]['minutes']:.1f} training min, step {step}: held-out J&F {rows[-1]['jf']:.4f}", flush=True)
+            next_eval += args.eval_every * 60
+            if trained_seconds >= budget:
+                break
+            continue
+        tick = time.perf_counter()
+        items = []
+        for _ in range(args.batch):
+            if not order:
+                order = torch.randperm(len(train), generator=torch.Generator().manual_seed(step)).tolist()
+            index = order.pop()
+            items.append(train.sample(index, seed=step * 1000 + index))
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * min(1.0, (step + 1) / warmup)
+        out = recipe.training_step(model, items)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 3.0)
+        optimizer.step()
+        running.append(float(out["loss"].detach()))
+        running_iou.append(float(out["iou"]))
+        step += 1
+        trained_seconds += time.perf_counter() - tick
+        if step % args.log_every == 0:
+            print(f"step {step} ({trained_seconds / 60:.1f} training min): loss {running[-1]:.3f}, clip IoU "
+                  f"{running_iou[-1]:.3f}", flush=True)
+    final = rows[-1]["jf"]
+    with open(args.out / "curve.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["minutes", "step", "loss", "iou", "jf"])
+        writer.writeheader()
+        writer.writerows(rows)
+        f.write(f"# hold-the-first-mask J&F,{baseline:.4f}\n# predict-nothing J&F,{nothing:.4f}\n")
+    with atomic_path(args.out / "model.pt") as tmp:
+        recipe.export(model, tmp)
+    title = (f"cutie_small from random weights, {args.size} px crops, {args.frames}-frame clips, synthetic videos\n"
+             f"held-out J&F {rows[0]['jf']:.3f} -> {final:.3f} in {step} steps (hold-first-mask {baseline:.3f}, "
+             f"nothing {nothing:.3f})")
+    draw_curve(rows, args.out / "curve.png", title, "jf",
+               "held-out J&F (blue), hold-first-mask (grey), training loss / max (red); training minutes",
+               baseline=baseline)
+    print(f"untrained {rows[0]['jf']:.4f} -> trained {final:.4f}; hold-first-mask {baseline:.4f}; margin "
+          f"{final - baseline:+.4f} after {step} steps, {trained_seconds / 60:.1f} training min; "
+          f"{args.out / 'curve.csv'}, {args.out / 'curve.png'}", flush=True)
+    assert math.isfinite(final)
+
+
+if __name__ == "__main__":
+    main()
