@@ -149,6 +149,11 @@ def teacher_features(teacher: nn.Module, items: list[dict]) -> dict[str, torch.T
         return image_features(teacher, normalise(teacher, images, [tuple(item["valid_size"]) for item in items]))
 
 
+def frame_masks(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """Low-res mask logits (K, h, w) -> (K, size, size) bool masks in the input frame."""
+    return F.interpolate(logits[:, None], (size, size), mode="bilinear", align_corners=False)[:, 0] > 0
+
+
 def embedding_losses(model: nn.Module, student: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
                      ) -> dict[str, torch.Tensor]:
     """MSE of each level both sides have (through its projection, if any): {"mse_<level>": value}."""
@@ -172,6 +177,12 @@ def variant_seed(seed: int, entry: int, variants: int) -> int:
 
     image, variant = divmod(entry, variants)
     return item_seed(seed, variant, image)
+
+
+def portable_name(name: str, root: Path) -> str:
+    """A sample's name without the folder that holds the dataset (so a moved dataset keeps its cache)."""
+    prefix = str(Path(root).resolve().parent) + "/"
+    return name[len(prefix):] if name.startswith(prefix) else name
 
 
 def _digest(values: list[str]) -> str:
@@ -254,9 +265,9 @@ class EmbeddingCache:
                 items = [dataset.sample(e // self.variants, self.entry_seed(e)) for e in chunk]
                 for level, value in teacher_features(teacher, items).items():
                     levels.setdefault(level, []).append(value.to("cpu", torch.float16))
-                names += [item["name"] for item in items]
+                names += [portable_name(item["name"], dataset.loader.source.root) for item in items]
                 bar.update(len(chunk))
-            record = {"format": CACHE_FORMAT, "first": entries[0], "names": names,
+            record = {"format": CACHE_FORMAT, "first": entries[0], "names": names, "written_by": dist.rank(),
                       "seeds": [self.entry_seed(e) for e in entries], "augment": self.key["augment"],
                       "teacher": self.key["teacher"], "features": {k: torch.cat(v) for k, v in levels.items()}}
             with atomic_path(self.path(shard)) as tmp:
@@ -327,7 +338,7 @@ class DistillDataset(Dataset):
             return item
         targets, name, augment_seed = self.cache.entry(entry)
         item = self.frames.sample(index, augment_seed)
-        if item["name"] != name:
+        if portable_name(item["name"], self.frames.loader.source.root) != name:
             raise MaskmlError(f"the embedding cache {self.cache.folder} holds the teacher's features of {name} "
                               f"where this run's data has {item['name']}: the data changed since the cache was "
                               f"made; give another recipe.cache_dir")
@@ -396,7 +407,7 @@ class DistillRecipe(Recipe):
     # --- data ---
     def cache_key(self, frames: TrainDataset) -> dict:
         a = self.cfg.data.augment
-        names = list(frames.loader.source.names)
+        names = [portable_name(n, frames.loader.source.root) for n in frames.loader.source.names]
         return {"teacher": teacher_identity(self.cfg.teacher, int(self.cfg.seed)),
                 "augment": {"frame": zoo_family(self.cfg.teacher.name), "flip": float(a.flip),
                             "scale": [float(v) for v in a.scale], "colour": float(a.colour),
@@ -488,8 +499,7 @@ class DistillRecipe(Recipe):
         embedding, high_res = split_features(features)[0]
         logits, iou_pred, _ = heads.decode(embedding, high_res, points * scale, labels, None, None)
         best = iou_pred[:, 1:].argmax(1) + 1
-        chosen = logits[torch.arange(len(best), device=logits.device), best][:, None]
-        frame = F.interpolate(chosen, (frame_size, frame_size), mode="bilinear", align_corners=False)[:, 0] > 0
+        frame = frame_masks(logits[torch.arange(len(best), device=logits.device), best], frame_size)
         frame[:, valid[0]:, :] = False
         frame[:, :, valid[1]:] = False
         return frame, points, labels
