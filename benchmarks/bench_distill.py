@@ -128,7 +128,7 @@ def main() -> None:
     p.add_argument("--val-images", type=int, default=8)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a CPU shared with other work, more threads wait on each other)")
     args = p.parse_args()

@@ -2,9 +2,9 @@
 after an interruption, shared by torchrun ranks, refused when made for another teacher or augmentation, a damaged
 shard named), what trains and what stays the teacher's, the official-layout export, bad teacher/student pairs.
 
-Teacher: MobileSAM with its parity weights (a checkpoint file, so the cache key holds its digest) or SAM ViT-B
-from seeded random weights at 64 px (interpolated position embeddings); student: MobileSAM from seeded random
-weights. Everything at 64 px on four tiny synthetic images."""
+Teacher: MobileSAM with its parity weights (a checkpoint file, so the cache key holds its digest; the SAM ViT
+teachers at a reduced size have their own test); student: MobileSAM from seeded random weights. Everything at
+64 px on four tiny synthetic images."""
 from __future__ import annotations
 
 import os
@@ -20,6 +20,7 @@ from maskml.errors import MaskmlError
 from maskml.train.distill import CACHE_FORMAT, EmbeddingCache
 from maskml.train.engine import Trainer
 from maskml.train.recipes import get_recipe
+from conftest import FIXTURES, manifest_keys
 from train_toy import free_port, subprocess_env
 
 
@@ -142,16 +143,35 @@ def test_incompatible_teacher_and_student_are_refused(synth_root, tmp_path):
     assert "student=cutie_small is a cutie model" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_distill_encoder_trains_the_encoder_only_and_exports_the_mobile_sam_layout(synth_root, tmp_path):
-    cfg = compose_train_config("distill_encoder", overrides(synth_root, tmp_path, **{"trainer.max_steps": 3,
-                                                                                      "data.val_max_images": 2}))
+def test_a_vit_teacher_below_1024_gets_interpolated_positions():
+    from maskml.train.distill import build_teacher
+    from maskml.train.recipes.sam_finetune import build_sam_model
+
+    teacher = build_teacher(compose_train_config("distill_encoder", ["teacher=sam_vit_b", "teacher.image_size=128",
+                                                                     "data.root=."]).teacher, seed=0)
+    released = build_sam_model("sam_vit_b", 1024, seed=0)
+    assert teacher.image_encoder.pos_embed.shape == (1, 8, 8, 768)
+    assert teacher.image_encoder.blocks[2].attn.rel_pos_h.shape == (15, 64)  # a global block: 2 x 8 - 1
+    assert torch.equal(teacher.mask_decoder.iou_token.weight, released.mask_decoder.iou_token.weight)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        assert teacher.image_encoder(torch.zeros(1, 3, 128, 128)).shape == (1, 256, 8, 8)
+
+
+def test_distill_encoder_trains_the_encoder_only_and_exports_the_mobile_sam_layout(synth_root, tmp_path,
+                                                                                  sam_checkpoints):
+    cfg = compose_train_config("distill_encoder", overrides(synth_root, tmp_path, sam_checkpoints["mobile_sam"],
+                                                            **{"data.val_max_images": 1}))
     recipe = get_recipe("distill_encoder")(cfg)
     path = Trainer(cfg, recipe).fit()
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
-    assert log[0].split(",")[:5] == ["step", "lr", "grad_norm", "loss", "mse_embedding"] and len(log) == 4
+    assert log[0].split(",")[:5] == ["step", "lr", "grad_norm", "loss", "mse_embedding"] and len(log) == 3
     assert "click_iou" in (tmp_path / "run" / "val.csv").read_text()
     raw = torch.load(path, weights_only=True)
-    assert raw["image_encoder.head.weight"].shape == (1000, 320)  # the official file's classifier, for its code
+    # exactly the keys and shapes of the official MobileSAM state dict (its classifier included), which its own
+    # code loads strictly
+    official = manifest_keys(FIXTURES / "sam" / "manifest_vit_t.json")
+    assert {k: list(v.shape) for k, v in raw.items()} == official
     student = maskml.load_model("mobile_sam", checkpoint=path)
     teacher = recipe.teacher()
     fresh = get_recipe("distill_encoder")(cfg).build_model()

@@ -34,8 +34,7 @@ from maskml.errors import MaskmlError
 from maskml.io.images import atomic_path
 from maskml.io.outputs import remove_stale_temporaries
 from maskml.train import distributed as dist
-from maskml.train.data.dataset import EvalDataset, TrainDataset, family_resize
-from maskml.train.data.readers import open_source
+from maskml.train.data.dataset import EvalDataset, TrainDataset, datasets_from_config, family_resize
 from maskml.train.prompts import center_clicks
 from maskml.train.recipes import Recipe
 from maskml.train.recipes.sam_finetune import (SamHeads, build_sam_model, export_official, image_features,
@@ -415,10 +414,8 @@ class DistillRecipe(Recipe):
                 "images": {"count": len(names), "names": _digest(names)}}
 
     def train_dataset(self) -> DistillDataset:
-        d, r = self.cfg.data, self.cfg.recipe
-        frames = TrainDataset(open_source(d.root, d.layout), zoo_family(self.cfg.teacher.name),
-                              int(self.cfg.teacher.image_size), on_error=d.on_error, flip=d.augment.flip,
-                              scale=tuple(d.augment.scale), colour=d.augment.colour)
+        r = self.cfg.recipe
+        frames = self.datasets()[0]
         if int(r.variants) < 1:
             raise MaskmlError(f"recipe.variants={r.variants}: it must be at least 1")
         cache = None
@@ -432,11 +429,11 @@ class DistillRecipe(Recipe):
         return DistillDataset(frames, int(r.variants), cache, int(self.cfg.seed))
 
     def val_dataset(self) -> EvalDataset | None:
-        d = self.cfg.data
-        if OmegaConf.select(d, "val_root") is None:
-            return None
-        return EvalDataset(open_source(d.val_root, d.layout), on_error=d.on_error,
-                           max_images=OmegaConf.select(d, "val_max_images"))
+        return self.datasets()[1]
+
+    def datasets(self) -> tuple[TrainDataset, EvalDataset | None]:
+        """Training frames in the teacher's frame, and the held-out images."""
+        return datasets_from_config(self.cfg.data, zoo_family(self.cfg.teacher.name), int(self.cfg.teacher.image_size))
 
     def targets_of(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         """The teacher's features of the batch: from the cache, or computed now (recipe.cache=false)."""

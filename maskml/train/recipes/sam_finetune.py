@@ -19,8 +19,7 @@ from torch import nn
 from maskml.errors import MaskmlError
 from maskml.models.sam import Sam
 from maskml.models.sam.tiny_vit import TinyViT
-from maskml.train.data.dataset import EvalDataset, TrainDataset
-from maskml.train.data.readers import open_source
+from maskml.train.data.dataset import EvalDataset, TrainDataset, datasets_from_config
 from maskml.train.losses import LossWeights, mask_losses
 from maskml.train.prompts import BOX, CLICK, MASK, choose_prompt_kinds, noisy_box_points, sample_clicks
 from maskml.train.recipes import Recipe, register_recipe
@@ -192,17 +191,10 @@ class SamFinetune(Recipe):
         return get_entry(self.cfg.model.name).family
 
     def train_dataset(self) -> TrainDataset:
-        d = self.cfg.data
-        return TrainDataset(open_source(d.root, d.layout), self._family(), int(self.cfg.model.image_size),
-                            on_error=d.on_error, flip=d.augment.flip, scale=tuple(d.augment.scale),
-                            colour=d.augment.colour)
+        return datasets_from_config(self.cfg.data, self._family(), int(self.cfg.model.image_size))[0]
 
     def val_dataset(self) -> EvalDataset | None:
-        d = self.cfg.data
-        if OmegaConf.select(d, "val_root") is None:
-            return None
-        return EvalDataset(open_source(d.val_root, d.layout), on_error=d.on_error,
-                           max_images=OmegaConf.select(d, "val_max_images"))
+        return datasets_from_config(self.cfg.data, self._family(), int(self.cfg.model.image_size))[1]
 
     def export(self, model: nn.Module, path: Path) -> None:
         """The official release layout: the plain state dict (SAM, MobileSAM) or {"model": state dict} (SAM 2);
