@@ -238,3 +238,18 @@ def test_two_torchrun_processes_share_the_cache_and_train(synth_root, tmp_path, 
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 3
     maskml.load_model("mobile_sam", checkpoint=tmp_path / "run" / "model.pt")
     assert os.path.getsize(tmp_path / "run" / "model.pt") > 0
+
+
+def test_a_sam2_teacher_distils_into_mobile_sam_which_keeps_its_own_decoder(synth_root, tmp_path):
+    recipe = recipe_for("distill_encoder", synth_root, tmp_path, **{"teacher.name": "sam2.1_hiera_t",
+                                                                   "teacher.image_size": 128})
+    with pytest.warns(UserWarning, match="cannot take the prompt encoder and mask decoder of the teacher"):
+        model = recipe.build_model().train()
+    items = [recipe.train_dataset().sample(0, 1)]
+    # the cache holds what SAM 2's decoder reads; MobileSAM learns the level it has, the stride-16 embedding
+    assert {k: tuple(v.shape) for k, v in items[0]["targets"].items()} == {
+        "embedding": (256, 8, 8), "high_res_0": (32, 32, 32), "high_res_1": (64, 16, 16)}
+    out = recipe.training_step(model, items)
+    assert set(out) == {"loss", "mse_embedding"} and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert model.image_encoder.neck[0].weight.grad.abs().sum() > 0

@@ -361,7 +361,6 @@ class DistillRecipe(Recipe):
         check_pair(str(cfg.teacher.name), str(cfg.student.name))
         self._teacher: nn.Module | None = None
         self._val_targets: dict[str, dict] = {}
-        self.heads_from_teacher = False
 
     def teacher(self, device: torch.device | None = None) -> nn.Module:
         if self._teacher is None:
@@ -374,11 +373,9 @@ class DistillRecipe(Recipe):
         s, seed = self.cfg.student, int(self.cfg.seed)
         student = build_sam_model(str(s.name), int(s.image_size), OmegaConf.select(s, "checkpoint"), seed)
         teacher = self.teacher()
-        if bool(self.cfg.recipe.heads_from_teacher):
-            self.heads_from_teacher = take_teacher_heads(student, teacher)
-            if not self.heads_from_teacher:
-                warnings.warn(f"the student {s.name} cannot take the prompt encoder and mask decoder of the teacher "
-                              f"{self.cfg.teacher.name} (another family or layout): it keeps its own", stacklevel=2)
+        if bool(self.cfg.recipe.heads_from_teacher) and not take_teacher_heads(student, teacher):
+            warnings.warn(f"the student {s.name} cannot take the prompt encoder and mask decoder of the teacher "
+                          f"{self.cfg.teacher.name} (another family or layout): it keeps its own", stacklevel=2)
         t_shapes = feature_shapes(teacher, int(self.cfg.teacher.image_size))
         s_shapes = feature_shapes(student, int(s.image_size))
         student.add_module(PROJECTIONS, nn.ModuleDict({
@@ -399,7 +396,7 @@ class DistillRecipe(Recipe):
         projections = getattr(model, PROJECTIONS)
         if len(projections):
             with atomic_path(Path(path).parent / "projection.pt") as tmp:
-                torch.save({"format": PROJECTION_FORMAT, "teacher": dict(self.cfg.teacher),
+                torch.save({"format": PROJECTION_FORMAT, "teacher": OmegaConf.to_container(self.cfg.teacher),
                             "student": str(self.cfg.student.name),
                             "state": {k: v.detach().cpu() for k, v in projections.state_dict().items()}}, tmp)
 
