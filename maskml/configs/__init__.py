@@ -2,8 +2,9 @@
 installed package, not only from a source checkout).
 
 train.yaml is the root of a training run; each sub-folder is a config group (recipe, model, data, optim, schedule,
-trainer) whose YAML files are its options. Extra folders of the same layout (`config_dirs`) add options or
-replace packaged ones of the same name.
+trainer; teacher and student for the distillation recipes, the model options under other names) whose YAML files
+are its options. Extra folders of the same layout (`config_dirs`) add options or replace packaged ones of the same
+name.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from maskml.errors import MaskmlError
 
-TRAIN_GROUPS = ("recipe", "model", "data", "optim", "schedule", "trainer")
+TRAIN_GROUPS = ("recipe", "model", "data", "optim", "schedule", "trainer", "teacher", "student")
 
 
 def _group_dirs(group: str, config_dirs: tuple[Path, ...]) -> list:

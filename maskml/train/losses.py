@@ -2,8 +2,9 @@
 20 x focal (alpha 0.25, gamma 2) + 1 x dice + 1 x IoU prediction (MSE for SAM, L1 for SAM 2) [+ 1 x the
 object-score BCE for SAM 2], focal and dice on the best of several candidate masks, per object.
 
-Every function takes logits (K, M, H, W) for K objects and M candidates, targets (K, H, W) bool, and returns
-per-candidate values (K, M), so the best candidate can be picked.
+Every function takes logits (K, M, H, W) for K objects and M candidates, targets (K, H, W) bool (or (K, M, H, W):
+one per candidate, e.g. a teacher's masks in distillation), and returns per-candidate values (K, M), so the best
+candidate can be picked.
 """
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ import torch
 import torch.nn.functional as F
 
 
+def _per_candidate(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    return targets[:, None].expand_as(logits) if targets.dim() == logits.dim() - 1 else targets
+
+
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
     """Sigmoid focal loss (RetinaNet), averaged over pixels: (K, M)."""
-    t = targets[:, None].float().expand_as(logits)
+    t = _per_candidate(targets, logits).float()
     prob = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
     p_t = prob * t + (1 - prob) * (1 - t)
@@ -28,14 +33,14 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """1 - (2 |P.T| + 1) / (|P| + |T| + 1) with P the sigmoid probabilities: (K, M)."""
     prob = logits.sigmoid().flatten(2)
-    t = targets[:, None].float().flatten(2)
+    t = _per_candidate(targets, logits).float().flatten(2)
     return 1 - (2 * (prob * t).sum(-1) + 1) / (prob.sum(-1) + t.sum(-1) + 1)
 
 
 def mask_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """IoU of the thresholded masks (logits > 0) with the targets: (K, M), 0 when both are empty."""
     pred = logits.flatten(2) > 0
-    t = targets[:, None].flatten(2)
+    t = _per_candidate(targets, logits).flatten(2)
     inter = (pred & t).sum(-1).float()
     union = (pred | t).sum(-1).float()
     return inter / union.clamp(min=1.0)

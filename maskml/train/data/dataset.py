@@ -141,3 +141,17 @@ class EvalDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         i, image, masks = self.loader.load(index)
         return {"image": image, "masks": masks, "name": self.loader.source.names[i]}
+
+
+def datasets_from_config(data, family: str, image_size: int) -> tuple[TrainDataset, EvalDataset | None]:
+    """The training dataset and the held-out one (None without data.val_root) of a `data` config group."""
+    from omegaconf import OmegaConf
+
+    from maskml.train.data.readers import open_source
+
+    train = TrainDataset(open_source(data.root, data.layout), family, image_size, on_error=data.on_error,
+                         flip=data.augment.flip, scale=tuple(data.augment.scale), colour=data.augment.colour)
+    if OmegaConf.select(data, "val_root") is None:
+        return train, None
+    return train, EvalDataset(open_source(data.val_root, data.layout), on_error=data.on_error,
+                              max_images=OmegaConf.select(data, "val_max_images"))

@@ -18,8 +18,8 @@ from torch import nn
 
 from maskml.errors import MaskmlError
 from maskml.models.sam import Sam
-from maskml.train.data.dataset import EvalDataset, TrainDataset
-from maskml.train.data.readers import open_source
+from maskml.models.sam.tiny_vit import TinyViT
+from maskml.train.data.dataset import EvalDataset, TrainDataset, datasets_from_config
 from maskml.train.losses import LossWeights, mask_losses
 from maskml.train.prompts import BOX, CLICK, MASK, choose_prompt_kinds, noisy_box_points, sample_clicks
 from maskml.train.recipes import Recipe, register_recipe
@@ -29,19 +29,29 @@ def model_family(model: nn.Module) -> str:
     return "sam" if isinstance(model, Sam) else "sam2"
 
 
-def build_sam_model(name: str, image_size: int = 1024, checkpoint: str | None = None, seed: int = 0) -> nn.Module:
+def build_sam_model(name: str, image_size: int = 1024, checkpoint: str | None = None, seed: int = 0,
+                    resize_positions: bool = False) -> nn.Module:
     """A zoo model at `image_size` (MobileSAM and SAM 2 keep their state dict shapes at any multiple of 64),
-    with the weights of `checkpoint` (official layout) or seeded random ones."""
+    with the weights of `checkpoint` (official layout) or seeded random ones. resize_positions: a SAM ViT at
+    another size than 1024 gets its 1024 weights with the position embeddings interpolated to its grid (for a
+    model that only infers, e.g. a distillation teacher: the weights then no longer fit the official layout)."""
     from maskml.zoo import get_entry, load_state, read_checkpoint
 
     entry = get_entry(name)
     if image_size % 64 or image_size < 64:
         raise MaskmlError(f"model.image_size must be a multiple of 64 (at least 64), got {image_size}")
-    if image_size != 1024 and entry.config.get("encoder") == "vit":
+    vit = entry.config.get("encoder") == "vit"
+    if image_size != 1024 and vit and not resize_positions:
         raise MaskmlError(f"{name} trains at image_size 1024 only (its position embeddings are sized for it); "
                           f"reduced sizes work for mobile_sam and the sam2 models")
     module, function = entry.builder.split(":")
     builder = getattr(importlib.import_module(module), function)
+    if image_size != 1024 and vit:
+        released = build_sam_model(name, 1024, checkpoint, seed).state_dict()
+        model = builder(**entry.config, image_size=image_size)
+        model.load_state_dict(resized_positions(released, model.state_dict()))
+        model.model_name = name
+        return model
     if checkpoint is None:
         torch.manual_seed(seed)  # the deterministic random weights of an untrained model
     model = builder(**entry.config, image_size=image_size)
@@ -49,6 +59,24 @@ def build_sam_model(name: str, image_size: int = 1024, checkpoint: str | None = 
         load_state(model, entry, read_checkpoint(entry, checkpoint), str(checkpoint))
     model.model_name = name
     return model
+
+
+def resized_positions(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the ViT's absolute position grid (bicubic) and relative position tables (linear, as the
+    attention itself resizes them) interpolated to the shapes of `target`."""
+    out = dict(state)
+    for key, want in target.items():
+        have = state[key]
+        if have.shape == want.shape:
+            continue
+        if key.endswith("pos_embed"):  # (1, g, g, C)
+            grid = F.interpolate(have.permute(0, 3, 1, 2), want.shape[1:3], mode="bicubic", align_corners=False)
+            out[key] = grid.permute(0, 2, 3, 1).contiguous()
+        elif key.rsplit(".", 1)[-1] in ("rel_pos_h", "rel_pos_w"):  # (2g - 1, head_dim)
+            out[key] = F.interpolate(have.T[None], size=want.shape[0], mode="linear")[0].T.contiguous()
+        else:
+            raise MaskmlError(f"{key}: shape {list(have.shape)} cannot be resized to {list(want.shape)}")
+    return out
 
 
 def normalise(model: nn.Module, images: torch.Tensor, valid_sizes: list[tuple[int, int]]) -> torch.Tensor:
@@ -60,6 +88,43 @@ def normalise(model: nn.Module, images: torch.Tensor, valid_sizes: list[tuple[in
     for i, (h, w) in enumerate(valid_sizes):
         inside[i, :, :h, :w] = True
     return x * inside
+
+
+HIGH_RES = ("high_res_0", "high_res_1")  # SAM 2's stride-4 and stride-8 features for its mask decoder
+
+
+def image_features(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Normalised images (B, 3, S, S) -> what the family's mask decoder reads: {"embedding": (B, C, S/16, S/16)}
+    (SAM 2: the single-image, "no memory" embedding) and for SAM 2 the high-res features HIGH_RES."""
+    if model_family(model) == "sam":
+        return {"embedding": model.image_encoder(x)}
+    features = model.encode_image(x)
+    return {"embedding": model.attend_memory(features, [], [], 0), **dict(zip(HIGH_RES, features.high_res))}
+
+
+def split_features(features: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, list[torch.Tensor] | None]]:
+    """Batched image_features -> per image (embedding (1, C, h, w), high-res features or None)."""
+    high_res = [features[k] for k in HIGH_RES if k in features]
+    return [(e[None], [f[i:i + 1] for f in high_res] or None) for i, e in enumerate(features["embedding"])]
+
+
+# TinyViT's ImageNet classifier, still in MobileSAM's released file (and loaded strictly by its own code),
+# unused by maskml: written as zeros when the trained weights do not carry it
+TINY_VIT_CLASSIFIER = {"image_encoder.norm_head.weight": (320,), "image_encoder.norm_head.bias": (320,),
+                       "image_encoder.head.weight": (1000, 320), "image_encoder.head.bias": (1000,)}
+
+
+def export_official(model: nn.Module, path: Path, exclude: tuple[str, ...] = ()) -> None:
+    """Write `model`'s weights (less the keys starting with `exclude`) in its family's official release layout:
+    the plain state dict (SAM, MobileSAM, with TinyViT's classifier) or {"model": state dict} (SAM 2)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(exclude)}
+    if model_family(model) == "sam2":
+        torch.save({"model": state}, path)
+        return
+    if isinstance(model.image_encoder, TinyViT):
+        for key, shape in TINY_VIT_CLASSIFIER.items():
+            state.setdefault(key, torch.zeros(shape))
+    torch.save(state, path)
 
 
 class SamHeads:
@@ -74,11 +139,7 @@ class SamHeads:
 
     def encode(self, x: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor] | None]]:
         """Normalised images (B, 3, S, S) -> per image (embedding (1, C, h, w), high-res features or None)."""
-        if self.family == "sam":
-            return [(e[None], None) for e in self.model.image_encoder(x)]
-        features = self.model.encode_image(x)
-        embedding = self.model.attend_memory(features, [], [], 0)
-        return [(embedding[i:i + 1], [f[i:i + 1] for f in features.high_res]) for i in range(len(x))]
+        return split_features(image_features(self.model, x))
 
     def decode(self, embedding, high_res, points: torch.Tensor, labels: torch.Tensor,
                mask_input: torch.Tensor | None, has_mask: torch.Tensor | None):
@@ -130,23 +191,15 @@ class SamFinetune(Recipe):
         return get_entry(self.cfg.model.name).family
 
     def train_dataset(self) -> TrainDataset:
-        d = self.cfg.data
-        return TrainDataset(open_source(d.root, d.layout), self._family(), int(self.cfg.model.image_size),
-                            on_error=d.on_error, flip=d.augment.flip, scale=tuple(d.augment.scale),
-                            colour=d.augment.colour)
+        return datasets_from_config(self.cfg.data, self._family(), int(self.cfg.model.image_size))[0]
 
     def val_dataset(self) -> EvalDataset | None:
-        d = self.cfg.data
-        if OmegaConf.select(d, "val_root") is None:
-            return None
-        return EvalDataset(open_source(d.val_root, d.layout), on_error=d.on_error,
-                           max_images=OmegaConf.select(d, "val_max_images"))
+        return datasets_from_config(self.cfg.data, self._family(), int(self.cfg.model.image_size))[1]
 
     def export(self, model: nn.Module, path: Path) -> None:
         """The official release layout: the plain state dict (SAM, MobileSAM) or {"model": state dict} (SAM 2);
         the engine gives a temporary name and renames it."""
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save(state if model_family(model) == "sam" else {"model": state}, path)
+        export_official(model, path)
 
     # --- training ---
     def training_step(self, model: nn.Module, batch: list[dict]) -> dict[str, torch.Tensor]:
