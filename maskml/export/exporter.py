@@ -97,7 +97,8 @@ def export_encoder(model, family: str, folder: Path, opset: int) -> dict:
         encoder = Sam2EncoderGraph(model)
         image = torch.rand(1, 3, size, size)
         axes = {}
-    outputs = ["image_embeddings", *(["high_res_feats_0", "high_res_feats_1"] if family == "sam2" else [])]
+    outputs = ["image_embeddings",
+               *(["high_res_feats_0", "high_res_feats_1", "backbone_embeddings"] if family == "sam2" else [])]
     _trace(encoder, (image,), folder / "encoder.onnx", ["image"], outputs, axes, opset)
     return {"file": "encoder.onnx", "inputs": {"image": ENCODER_INPUT[family]}, "outputs": outputs}
 
@@ -158,6 +159,10 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
     try:
         graphs = {"encoder": export_encoder(model, entry.family, folder, opset),
                   "decoder": export_decoder(model, entry.family, folder, opset)}
+        if entry.family == "sam2":
+            from maskml.export.sam2_video import export_video_graphs, video_manifest
+
+            graphs.update(export_video_graphs(model, folder, opset, _trace))
         if quantize:
             _quantize_int8(folder / "encoder.onnx")
         decoder = model.mask_decoder if entry.family == "sam" else model.sam_mask_decoder
@@ -165,7 +170,7 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
             "format": FORMAT, "model": name, "family": entry.family, "maskml_version": maskml.__version__,
             "opset": opset, "torch_version": torch.__version__, "image_size": model.image_size,
             "encoder_precision": quantize or "float32", "single_mask_stability": decoder.single_mask_stability,
-            "graphs": graphs,
+            "graphs": graphs, **({"video": video_manifest(model)} if entry.family == "sam2" else {}),
             "files": {p.name: sha256_of(p) for p in sorted(folder.iterdir())},
         }
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))

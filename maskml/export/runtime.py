@@ -106,7 +106,7 @@ class OnnxImageModel:
         outputs = self.encoder.run(None, {"image": resized.numpy()})
         state = {"embedding": torch.from_numpy(outputs[0])}
         if self.family == "sam2":
-            state["high_res"] = [torch.from_numpy(x) for x in outputs[1:]]
+            state["high_res"] = [torch.from_numpy(x) for x in outputs[1:3]]
         return state
 
     def decode(self, state: dict, points, boxes, mask_input, multimask: bool, pad: bool):
@@ -159,4 +159,8 @@ def load_onnx_model(name: str, folder: str | Path | None, providers=None) -> Onn
                           f"`maskml export {name} --out FOLDER`")
     providers = check_providers(providers)
     manifest = read_manifest(Path(folder), entry.name)
+    if entry.family == "sam2":  # also runs SAM 2 video
+        from maskml.export.sam2_video import OnnxSam2Model
+
+        return OnnxSam2Model(Path(folder), manifest, providers)
     return OnnxImageModel(Path(folder), manifest, providers)
