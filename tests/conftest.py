@@ -94,3 +94,11 @@ def sam2_checkpoint(tmp_path_factory) -> Path:
     """The sam2.1_hiera_t parity checkpoint in the official {'model': state_dict} layout."""
     return write_parity_checkpoint(FIXTURES / "sam2" / "manifest_sam2.1_hiera_tiny.json",
                                    tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt", wrap_key="model")
+
+
+@pytest.fixture(scope="session")
+def sam2_onnx_export(sam2_checkpoint, tmp_path_factory) -> Path:
+    """maskml export of the sam2.1_hiera_t parity checkpoint: image and video graphs (written once per session)."""
+    from maskml.export.exporter import export_model
+
+    return export_model("sam2.1_hiera_t", tmp_path_factory.mktemp("onnx") / "sam2", sam2_checkpoint, progress=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from maskml.cli.backend import add_backend_arguments, backend_options
 from maskml.errors import MaskmlError
 from maskml.predict.checks import DEFAULT_MAX_OBJECTS
 
@@ -118,6 +119,7 @@ def add_source_arguments(p) -> None:
                    help=f"track at most N objects (default {DEFAULT_MAX_OBJECTS}): each one takes memory, and a mask "
                         f"with hundreds of ids is more often a wrong file than a wish")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_backend_arguments(p)
 
 
 def tracker_family(name: str) -> str:
@@ -140,7 +142,7 @@ def load_tracker(args, options: dict):
 
     family = tracker_family(args.model)
     (cutie_options if family == "cutie" else sam2_options)(options)  # a wrong --option fails before the model loads
-    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device, **backend_options(args))
     tracker = maskml.VideoTracker if family == "cutie" else maskml.Sam2Tracker
     return tracker(model, max_objects=args.max_objects, **options)
 
@@ -391,7 +393,8 @@ def track_with_session(args, options: dict, source, masks: dict, prompts: dict, 
     from maskml.predict.sam2.tracker import to_tracker_output
 
     options = resolve_options(options)  # checked before the model loads
-    session = maskml.VideoSession(maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device),
+    session = maskml.VideoSession(maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device,
+                                                    **backend_options(args)),
                                   source, **options)
     if args.prompter:  # the prompter's masks become mask prompts
         predictor = maskml.ImagePredictor(maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint,

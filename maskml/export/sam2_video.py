@@ -29,8 +29,8 @@ from maskml.errors import MaskmlError
 from maskml.export.graphs import DecoderGraph
 from maskml.export.runtime import OnnxImageModel, _session
 from maskml.models.sam.mask_decoder import select_masks, select_tokens
-from maskml.models.sam2.sam2 import (FrameFeatures, HeadOutput, head_output, mask_output, mask_prompt, memory_bank_tensors,
-                                     memory_mask, prompt_points)
+from maskml.models.sam2.sam2 import (FrameFeatures, HeadOutput, head_output, mask_output, mask_prompt,
+                                     memory_bank_tensors, memory_mask, prompt_points)
 from maskml.predict.image import prompts_as_points
 
 VIDEO_GRAPHS = ("memory_attention", "memory_encoder", "video_decoder", "mask_pointer")
@@ -42,8 +42,8 @@ VIDEO_CONVENTIONS = (
     "memory_encoder: mask (1, 1, 1024, 1024) in [0, 1] (binarised or sigmoid of the logits), object_score "
     "(1, 1) -> memory (1, 64, 64, 64); video_decoder: as decoder.onnx without orig_im_size, on conditioned "
     "embeddings -> low_res_masks (1, 4, 256, 256), iou_predictions (1, 4), object_pointers (1, 4, 256), "
-    "object_score_logits (1, 1) of all 4 mask tokens; mask_pointer: a binary mask (1, 1, 1024, 1024) -> its "
-    "object_pointer (1, 256)")
+    "object_score_logits (1, 1) of all 4 mask tokens; mask_pointer: backbone_embeddings and a binary mask "
+    "(1, 1, 1024, 1024) -> its object_pointer (1, 256)")
 
 
 class MemoryAttentionGraph(nn.Module):
@@ -241,9 +241,9 @@ class OnnxSam2Model(OnnxImageModel):
         return head_output(masks, iou_pred, obj_ptrs, object_score, multimask)
 
     def mask_as_output(self, features: OnnxFrameFeatures, mask: torch.Tensor) -> HeadOutput:
-        (obj_ptr,) = self._mask_pointer.run(None, {
-            "backbone_embeddings": _numpy(features.embedding), "high_res_feats_0": _numpy(features.high_res[0]),
-            "high_res_feats_1": _numpy(features.high_res[1]), "mask": _numpy(mask)})
+        # the pointer does not depend on the high-resolution features: the traced graph has no such inputs
+        (obj_ptr,) = self._mask_pointer.run(None, {"backbone_embeddings": _numpy(features.embedding),
+                                                   "mask": _numpy(mask)})
         return mask_output(mask, torch.from_numpy(obj_ptr))
 
     def encode_memory(self, features: OnnxFrameFeatures, mask_logits: torch.Tensor, object_score: torch.Tensor,
