@@ -87,6 +87,7 @@ def register(subparsers) -> None:
                               description="Track objects through a video file, a folder of frames or a live stream.",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_arguments(p)
+    add_backend_arguments(p)
     p.add_argument("--mask-dir", help="folder of indexed PNG masks named after their frames")
     add_prompter_arguments(p)
     p.add_argument("--point", action="append", default=[], metavar="OBJ:FRAME:X,Y[,LABEL]",
@@ -119,7 +120,6 @@ def add_source_arguments(p) -> None:
                    help=f"track at most N objects (default {DEFAULT_MAX_OBJECTS}): each one takes memory, and a mask "
                         f"with hundreds of ids is more often a wrong file than a wish")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    add_backend_arguments(p)
 
 
 def tracker_family(name: str) -> str:
@@ -133,8 +133,9 @@ def tracker_family(name: str) -> str:
     return family
 
 
-def load_tracker(args, options: dict):
-    """The --model tracker: VideoTracker (Cutie) or Sam2Tracker, with its --option values."""
+def load_tracker(args, options: dict, **backend):
+    """The --model tracker: VideoTracker (Cutie) or Sam2Tracker, with its --option values; backend: load_model's
+    backend options (default PyTorch)."""
     import maskml
 
     from maskml.predict.cutie.tracker import resolve_options as cutie_options
@@ -142,7 +143,7 @@ def load_tracker(args, options: dict):
 
     family = tracker_family(args.model)
     (cutie_options if family == "cutie" else sam2_options)(options)  # a wrong --option fails before the model loads
-    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device, **backend_options(args))
+    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device, **backend)
     tracker = maskml.VideoTracker if family == "cutie" else maskml.Sam2Tracker
     return tracker(model, max_objects=args.max_objects, **options)
 
@@ -351,7 +352,7 @@ def run(args) -> None:
         masks, prompts, all_ids = gather_objects(args, source)
         if sam2 and not live:
             return track_with_session(args, options, source, masks, prompts, all_ids)
-        tracker = load_tracker(args, options)
+        tracker = load_tracker(args, options, **backend_options(args))
         prompter = maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint,
                                      device=args.device) if args.prompter else None
         pipeline = maskml.Pipeline(tracker, prompter)
