@@ -118,3 +118,11 @@ def serve_models(sam_checkpoints, cutie_small_checkpoint):
 
     return (maskml.load_model("mobile_sam", checkpoint=sam_checkpoints["mobile_sam"]),
             maskml.load_model("cutie_small", checkpoint=cutie_small_checkpoint))
+
+
+@pytest.fixture(scope="session")
+def sam2_onnx_export(sam2_checkpoint, tmp_path_factory) -> Path:
+    """maskml export of the sam2.1_hiera_t parity checkpoint: image and video graphs (written once per session)."""
+    from maskml.export.exporter import export_model
+
+    return export_model("sam2.1_hiera_t", tmp_path_factory.mktemp("onnx") / "sam2", sam2_checkpoint, progress=False)

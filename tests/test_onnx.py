@@ -68,8 +68,8 @@ def mobile_sam_export(sam_checkpoints, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sam2_export(sam2_checkpoint, tmp_path_factory):
-    return export_model("sam2.1_hiera_t", tmp_path_factory.mktemp("onnx") / "sam2", sam2_checkpoint, progress=False)
+def sam2_export(sam2_onnx_export):
+    return sam2_onnx_export
 
 
 def predictors(name, checkpoint, folder, image):
@@ -291,9 +291,9 @@ def test_missing_onnx_extra_names_the_install_command(monkeypatch):
         maskml.load_model("mobile_sam", checkpoint=".", backend="onnxruntime")
 
 
-def test_sam2_video_is_not_yet_on_onnxruntime(sam2_export):
-    model = maskml.load_model("sam2.1_hiera_t", checkpoint=sam2_export, backend="onnxruntime")
-    with pytest.raises(MaskmlError, match="SAM 2 video is not yet available on onnxruntime"):
+def test_video_session_of_an_image_model_on_onnxruntime_is_refused(mobile_sam_export):
+    model = maskml.load_model("mobile_sam", checkpoint=mobile_sam_export, backend="onnxruntime")
+    with pytest.raises(MaskmlError, match="VideoSession needs a SAM 2 model"):
         maskml.VideoSession(model, np.zeros((2, 64, 64, 3), np.uint8))
 
 

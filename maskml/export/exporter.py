@@ -98,7 +98,8 @@ def export_encoder(model, family: str, folder: Path, opset: int) -> dict:
         encoder = Sam2EncoderGraph(model)
         image = torch.rand(1, 3, size, size)
         axes = {}
-    outputs = ["image_embeddings", *(["high_res_feats_0", "high_res_feats_1"] if family == "sam2" else [])]
+    outputs = ["image_embeddings",
+               *(["high_res_feats_0", "high_res_feats_1", "backbone_embeddings"] if family == "sam2" else [])]
     _trace(encoder, (image,), folder / "encoder.onnx", ["image"], outputs, axes, opset)
     return {"file": "encoder.onnx", "inputs": {"image": ENCODER_INPUT[family]}, "outputs": outputs}
 
@@ -228,9 +229,15 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
             graphs, details = export_cutie(model, folder, opset, quantize)
         else:
             graphs, details = export_image_graphs(model, entry.family, folder, opset, quantize, images)
+        if entry.family == "sam2":  # the video graphs next to the image graphs: one folder for both modes
+            from maskml.export.sam2_video import export_video_graphs, video_manifest
+
+            graphs.update(export_video_graphs(model, folder, opset, _trace))
+            details["video"] = video_manifest(model)
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "model": name, "family": entry.family, "maskml_version": maskml.__version__,
-            "opset": opset, "torch_version": torch.__version__, **details, "graphs": graphs,
+            "format": FORMAT, "format_version": FORMAT_VERSION, "model": name, "family": entry.family,
+            "maskml_version": maskml.__version__, "opset": opset, "torch_version": torch.__version__, **details,
+            "graphs": graphs,
             "files": {p.name: sha256_of(p) for p in sorted(folder.iterdir())},
         }
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -36,9 +36,13 @@ class SamEncoderGraph(nn.Module):
 
 
 class Sam2EncoderGraph(SamEncoderGraph):
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        embedding, (high_res_0, high_res_1) = self.model.embed_resized(image)
-        return embedding, high_res_0, high_res_1
+    """Also the raw backbone features (before the "no memory" embedding is added) that the video
+    graphs (maskml.export.sam2_video) take, so one encoder serves images and videos."""
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.model.encode_resized(image)
+        embedding = self.model.attend_memory(features, [], [], 0)
+        return embedding, *features.high_res, features.embedding
 
 
 class DecoderGraph(nn.Module):
@@ -64,11 +68,8 @@ class DecoderGraph(nn.Module):
         else:
             high_res = None
         point_coords, point_labels, mask_input, has_mask_input, *orig_im_size = inputs
-        sparse = self.prompt_encoder._embed_points(point_coords, point_labels, pad=False)
-        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        dense = has_mask_input * self.prompt_encoder.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
-        low_res, iou_pred, _, _ = self.mask_decoder._predict_masks(
-            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, high_res, None)
+        low_res, iou_pred, _, _ = self.heads(image_embeddings, high_res, point_coords, point_labels, mask_input,
+                                             has_mask_input)
         if not self.upscale:
             return iou_pred, low_res
         h, w = orig_im_size[0][0], orig_im_size[0][1]
@@ -80,3 +81,11 @@ class DecoderGraph(nn.Module):
         else:
             masks = F.interpolate(low_res, (h, w), mode="bilinear", align_corners=False)
         return masks, iou_pred, low_res
+
+    def heads(self, image_embeddings, high_res, point_coords, point_labels, mask_input, has_mask_input):
+        """Masks, IoU predictions, output tokens of all mask tokens and the object score."""
+        sparse = self.prompt_encoder._embed_points(point_coords, point_labels, pad=False)
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = has_mask_input * self.prompt_encoder.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
+        return self.mask_decoder._predict_masks(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense,
+                                                high_res, None)

@@ -120,7 +120,7 @@ class OnnxImageModel:
         outputs = self.encoder.run(None, {"image": resized.numpy()})
         state = {"embedding": torch.from_numpy(outputs[0])}
         if self.family == "sam2":
-            state["high_res"] = [torch.from_numpy(x) for x in outputs[1:]]
+            state["high_res"] = [torch.from_numpy(x) for x in outputs[1:3]]
         return state
 
     def decode(self, state: dict, points, boxes, mask_input, multimask: bool, pad: bool):
@@ -174,4 +174,8 @@ def load_onnx_model(name: str, folder: str | Path | None, providers=None):
         from maskml.export.cutie import OnnxCutie
 
         return OnnxCutie(Path(folder), manifest, providers)
+    if entry.family == "sam2":  # also runs SAM 2 video
+        from maskml.export.sam2_video import OnnxSam2Model
+
+        return OnnxSam2Model(Path(folder), manifest, providers)
     return OnnxImageModel(Path(folder), manifest, providers)

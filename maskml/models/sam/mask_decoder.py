@@ -79,10 +79,7 @@ class MaskDecoder(nn.Module):
             masks, iou_pred = stability_fallback(masks, iou_pred, self.stability_delta, self.stability_thresh)
         else:
             iou_pred = iou_pred[:, wanted]
-        if multimask_output and self.use_multimask_token_for_obj_ptr:
-            tokens = mask_tokens_out[:, 1:]
-        else:
-            tokens = mask_tokens_out[:, :1]
+        tokens = select_tokens(mask_tokens_out, multimask_output, self.use_multimask_token_for_obj_ptr)
         return DecoderOutput(masks, iou_pred, tokens, object_score_logits)
 
     def _predict_masks(self, image_embeddings, image_pe, sparse, dense, high_res_features, image_cache,
@@ -146,6 +143,12 @@ def stability_fallback(masks: torch.Tensor, iou_pred: torch.Tensor, delta: float
     stable = stability >= thresh
     return (torch.where(stable[..., None, None], single_masks, best_masks),
             torch.where(stable, single_iou, best_iou))
+
+
+def select_tokens(tokens: torch.Tensor, multimask: bool, use_multimask_token: bool) -> torch.Tensor:
+    """The output tokens (B, 4, ...) that go with the returned masks (SAM 2's object pointers): those of the
+    multimask outputs, or token 0 (also when the stability fallback returns another mask)."""
+    return tokens[:, 1:] if multimask and use_multimask_token else tokens[:, :1]
 
 
 def select_masks(masks: torch.Tensor, iou_pred: torch.Tensor, multimask: bool,

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskml.models.common import is_inference
+from maskml.models.common import capturing_graph, is_inference
 from maskml.models.sam.transformer import Attention
 from maskml.models.sam2.position_encoding import apply_rope, axial_rope_table
 
@@ -22,8 +22,8 @@ class RoPEAttention(Attention):
         self.feat_sizes = feat_sizes
         self._tables: dict = {}
 
-    def _rope(self, n: int, device: torch.device) -> torch.Tensor:
-        side = int(round(n ** 0.5))  # queries cover a square grid, as in the official model
+    def _rope(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        side = int(round(int(n) ** 0.5))  # queries cover a square grid, as in the official model (int(): traced sizes)
         key = (side, device)
         if key not in self._tables:
             # built outside inference mode so the cached table also serves training after an evaluation
@@ -36,8 +36,8 @@ class RoPEAttention(Attention):
         q = self.project_q(q)
         # memories are 64-dim and the heads 256: mixing the raw memory values and projecting the
         # mixture, (P m) W_v^T + b_v (rows of P sum to 1), equals P (m W_v^T + b_v) at a quarter of
-        # the cost of the larger of the two products (inference only: chunks written in place)
-        raw_values = is_inference() and v.shape[-1] < self.internal_dim // self.num_heads
+        # the cost of the larger of the two products (inference and exported graphs)
+        raw_values = (is_inference() or capturing_graph()) and v.shape[-1] < self.internal_dim // self.num_heads
         k = self._heads(self.k_proj(k))
         rotations = self._rope(q.shape[-2], q.device)
         q = apply_rope(q, rotations)
@@ -57,14 +57,17 @@ class RoPEAttention(Attention):
         """softmax(q k^T / sqrt(d)) v_proj(memory) for q, k (B, H, N, d), memory (B, M, C_kv): the
         affinities in chunks of queries (a few tens of MB each), then one projection of the mixture."""
         b, heads, n, d = q.shape
-        mixed = q.new_empty(b, heads, n, memory.shape[-1])
         values = memory.unsqueeze(1)
         keys_t = k.transpose(-1, -2)
+        weight = self.v_proj.weight.view(heads, d, -1)
+        if capturing_graph():  # one product: a traced graph does not record writes into slices
+            mixed = ((q * d ** -0.5) @ keys_t).softmax(-1) @ values
+            return mixed @ weight.transpose(1, 2) + self.v_proj.bias.view(heads, 1, d)
+        mixed = q.new_empty(b, heads, n, memory.shape[-1])
         chunk = max(64, (1 << 24) // (b * heads * k.shape[-2]))
         for start in range(0, n, chunk):
             scores = (q[:, :, start:start + chunk] * d ** -0.5) @ keys_t
             torch.matmul(scores.softmax(-1), values, out=mixed[:, :, start:start + chunk])
-        weight = self.v_proj.weight.view(heads, d, -1)
         return mixed @ weight.transpose(1, 2) + self.v_proj.bias.view(heads, 1, d)
 
 

@@ -56,19 +56,23 @@ def sine_code_1d(positions: torch.Tensor, dim: int, temperature: float = 10000.0
 
 
 def axial_rope_table(dim: int, width: int, height: int, theta: float = 10000.0,
-                     device: torch.device | str | None = None) -> torch.Tensor:
-    """Unit complex rotations (width*height, dim // 2) of a 2-D axial rotary embedding over a row-major grid:
-    the first dim // 4 channel pairs turn with x, the next dim // 4 with y."""
+                     device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines and sines (width*height, dim // 2) of the rotation angles of a 2-D axial rotary embedding over a
+    row-major grid: the first dim // 4 channel pairs turn with x, the next dim // 4 with y."""
     freq = 1.0 / (theta ** (torch.arange(0, dim, 4, device=device)[: dim // 4].float() / dim))
     index = torch.arange(width * height, dtype=torch.float32, device=device)
     x, y = index % width, torch.div(index, width, rounding_mode="floor")
     angles = torch.cat([torch.outer(x, freq), torch.outer(y, freq)], dim=-1)
-    return torch.polar(torch.ones_like(angles), angles)
+    return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive channel pairs (x[2i], x[2i+1]) of x (..., N, dim) as complex numbers by the table
-    (n, dim // 2); N may be a multiple of n (memories of several frames share one grid)."""
+def apply_rope(x: torch.Tensor, rotations: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate consecutive channel pairs (x[2i], x[2i+1]) of x (..., N, dim) by the angles of the table (cos, sin),
+    each (n, dim // 2); N may be a multiple of n (memories of several frames share one grid). Real arithmetic
+    (the complex product written out), so that exported graphs need no complex numbers."""
+    cos, sin = rotations
     *lead, n, dim = x.shape
-    pairs = torch.view_as_complex(x.float().reshape(*lead, n // rotations.shape[0], rotations.shape[0], dim // 2, 2))
-    return torch.view_as_real(pairs * rotations).reshape(x.shape).type_as(x)
+    pairs = x.float().reshape(*lead, n // cos.shape[0], cos.shape[0], dim // 2, 2)
+    real, imag = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
+    return rotated.reshape(x.shape).type_as(x)

@@ -144,10 +144,8 @@ class VideoSession:
         (T, H, W, 3) uint8 RGB. keep_window: see the module docstring (>= 16 for the official results).
         cached_frames: backbone features of this many recently used frames are kept (16 MB each at 1024),
         so going back and forth over a stretch of video does not encode its frames again."""
-        if getattr(model, "backend", "torch") != "torch":
-            raise MaskmlError(f"SAM 2 video is not yet available on {model.backend}: the video graphs (memory "
-                              f"attention, memory encoder) are not exported yet; load the model with backend='torch'")
-        if not isinstance(model, Sam2):
+        # another runtime's model (maskml.export.sam2_video) runs the same steps as graphs
+        if not isinstance(model, Sam2) and not getattr(model, "runs_sam2_video", False):
             raise MaskmlError(f"VideoSession needs a SAM 2 model (e.g. maskml.load_model('sam2.1_hiera_t')), "
                               f"got {type(model).__name__}")
         keep_freed_memory()
@@ -191,8 +189,7 @@ class VideoSession:
         size = self.model.image_size
         # the official video predictor resizes with Pillow's BICUBIC on uint8
         x = resize_like_pillow(image, (size, size), "bicubic").permute(2, 0, 1)[None].float() / 255.0
-        x = (x - self.model.pixel_mean) / self.model.pixel_std
-        return self.model.encode_image(x)
+        return self.model.encode_resized(x)
 
     # ---------------------------------------------------------------------------------- prompts
     def _check_frame(self, frame) -> int:
