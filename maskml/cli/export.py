@@ -26,11 +26,11 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("export", help="export a model's graphs to ONNX (for ONNX Runtime or deployment)",
                               description="Write the model's graphs (image models: encoder and prompt decoder; "
-                                          "Cutie: its per-frame step) and a manifest.json (model, maskml version, "
+                                          "SAM 2 also its video graphs; Cutie: its per-frame step) and a manifest.json (model, maskml version, "
                                           "opset, input conventions, SHA-256 of every file) into a folder. Needs the "
                                           "[onnx] extra: pip install maskml[onnx].",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="model name: sam_vit_b/l/h, mobile_sam, sam2*/sam2.1* (image mode), cutie_small, "
+    p.add_argument("model", help="model name: sam_vit_b/l/h, mobile_sam, sam2*/sam2.1* (image and video), cutie_small, "
                                  "cutie_base")
     p.add_argument("--checkpoint", help="checkpoint file (default: the official file from the cache, downloaded once)")
     p.add_argument("--out", required=True, help="folder for the graphs: new, empty, or an earlier export of this model")
