@@ -129,7 +129,7 @@ def test_export_lists_the_video_graphs_and_a_folder_without_them_is_one_clear_er
                                                                                       frames):
     manifest = json.loads((sam2_onnx_export / MANIFEST).read_text())
     video = ("memory_attention", "memory_encoder", "video_decoder", "mask_pointer")
-    assert set(manifest["graphs"]) == {"encoder", "decoder", *video}
+    assert set(manifest["graphs"]) == {"encoder", "decoder", "decoder_lowres", *video}
     assert manifest["video"]["num_maskmem"] == 7 and manifest["video"]["max_obj_ptrs"] == 16
     assert "backbone_embeddings" in manifest["graphs"]["encoder"]["outputs"]
     # the rotary tables are stored once, not once per use: the graph is about its weights' size (24 MB)
