@@ -121,6 +121,15 @@ def serve_models(sam_checkpoints, cutie_small_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def cutie_onnx_export(cutie_small_checkpoint, tmp_path_factory) -> Path:
+    """maskml export of the cutie_small parity checkpoint (written once per session)."""
+    from maskml.export.exporter import export_model
+
+    return export_model("cutie_small", tmp_path_factory.mktemp("onnx") / "cutie_small", cutie_small_checkpoint,
+                        progress=False)
+
+
+@pytest.fixture(scope="session")
 def sam2_onnx_export(sam2_checkpoint, tmp_path_factory) -> Path:
     """maskml export of the sam2.1_hiera_t parity checkpoint: image and video graphs (written once per session)."""
     from maskml.export.exporter import export_model

@@ -309,27 +309,27 @@ def test_export_outputs_are_checked_before_the_model_loads(tmp_path, capsys, mon
         assert err.startswith(f"maskml export: error: {message}") and err.count("\n") == 1, err
 
 
-def test_demo_prompter_on_onnxruntime(mobile_sam_export, sam_checkpoints, cutie_small_checkpoint, small_judo, capsys):
-    """`maskml demo --backend onnxruntime`: the window's clicks become masks on the ONNX Runtime prompter
-    (built and driven headless, as tests/test_demo.py drives the PyTorch one)."""
+def test_demo_on_onnxruntime(mobile_sam_export, sam_checkpoints, cutie_onnx_export, cutie_small_checkpoint, small_judo,
+                             capsys):
+    """`maskml demo --backend onnxruntime`: the window's clicks become masks on the ONNX Runtime prompter and
+    are tracked by the ONNX Runtime tracker (built and driven headless, as tests/test_demo.py drives PyTorch's)."""
     from maskml.cli import build_parser
     from maskml.cli.demo import load_pipeline
     from maskml.demo import DemoSession
     from maskml.io.video import open_video
 
     labels = {}
-    for backend, checkpoint in (("torch", sam_checkpoints["mobile_sam"]), ("onnxruntime", mobile_sam_export)):
-        args = build_parser().parse_args(["demo", str(small_judo), "--checkpoint", str(cutie_small_checkpoint),
-                                          "--prompter", "mobile_sam", "--prompter-checkpoint", str(checkpoint),
+    for backend, tracker, prompter in (("torch", cutie_small_checkpoint, sam_checkpoints["mobile_sam"]),
+                                       ("onnxruntime", cutie_onnx_export, mobile_sam_export)):
+        args = build_parser().parse_args(["demo", str(small_judo), "--checkpoint", str(tracker),
+                                          "--prompter", "mobile_sam", "--prompter-checkpoint", str(prompter),
                                           "--backend", backend])
         pipeline = load_pipeline(args, {})
         assert getattr(pipeline.predictor.model, "backend", "torch") == backend
+        assert getattr(pipeline.tracker.model, "backend", "torch") == backend
         session = DemoSession(pipeline, open_video(small_judo))
         session.on_mouse("left_down", 80, 48)
         session.on_mouse("left_up", 80, 48)
         labels[backend] = session.labels == 1
     assert labels["torch"].any() and mask_iou(labels["onnxruntime"], labels["torch"]) >= 0.998
     capsys.readouterr()  # the models' loading lines
-    assert main(["demo", str(small_judo), "--model", "sam2.1_hiera_t", "--backend", "onnxruntime"]) == 2
-    err = capsys.readouterr().err
-    assert "--backend onnxruntime runs the --prompter" in err and err.count("\n") == 1

@@ -32,21 +32,15 @@ PROB_MAX_ABS = 1e-4
 MASK_IOU = 0.998
 
 
-@pytest.fixture(scope="module")
-def cutie_export(cutie_small_checkpoint, tmp_path_factory):
-    return export_model("cutie_small", tmp_path_factory.mktemp("onnx") / "cutie_small", cutie_small_checkpoint,
-                        progress=False)
-
-
 def fixture_frame(path: str) -> np.ndarray:
     return np.array(Image.open(CUTIE / path).convert("RGB"))
 
 
-def test_tracks_as_pytorch_with_a_growing_memory(cutie_export, cutie_small_checkpoint):
+def test_tracks_as_pytorch_with_a_growing_memory(cutie_onnx_export, cutie_small_checkpoint):
     """mem_every=2: the memory grows by a frame every other frame (1 to 5 frames of 920 entries), so
     the memory readout runs at several lengths, with 1 and 2 objects, per bucket."""
     models = {"torch": maskml.load_model("cutie_small", checkpoint=cutie_small_checkpoint),
-              "onnxruntime": maskml.load_model("cutie_small", checkpoint=cutie_export, backend="onnxruntime")}
+              "onnxruntime": maskml.load_model("cutie_small", checkpoint=cutie_onnx_export, backend="onnxruntime")}
     assert isinstance(models["onnxruntime"], OnnxCutie)
     trackers = {name: maskml.VideoTracker(model, mem_every=2) for name, model in models.items()}
     intersection, union = torch.zeros(3), torch.zeros(3)
@@ -75,10 +69,10 @@ def test_tracks_as_pytorch_with_a_growing_memory(cutie_export, cutie_small_check
     assert iou.min() >= MASK_IOU, f"mask IoU {iou.tolist()}"
 
 
-def test_graphs_take_any_memory_length_and_object_count(cutie_export, cutie_small_checkpoint):
+def test_graphs_take_any_memory_length_and_object_count(cutie_onnx_export, cutie_small_checkpoint):
     """The memory readout and the object-wise graphs at sizes none of them was traced with."""
     torch_model = maskml.load_model("cutie_small", checkpoint=cutie_small_checkpoint)
-    onnx_model = maskml.load_model("cutie_small", checkpoint=cutie_export, backend="onnxruntime")
+    onnx_model = maskml.load_model("cutie_small", checkpoint=cutie_onnx_export, backend="onnxruntime")
     generator = torch.Generator().manual_seed(1)
     for objects, memory, top_k, (h, w) in [(1, 77, 30, (3, 5)), (3, 1000, 30, (7, 4)), (2, 12, 30, (2, 2))]:
         query = (torch.randn(1, 64, h * w, generator=generator), torch.rand(1, 64, h * w, generator=generator))
@@ -101,12 +95,12 @@ def test_graphs_take_any_memory_length_and_object_count(cutie_export, cutie_smal
                                    atol=1e-3, rtol=1e-4)
 
 
-def test_folder_of_another_model_or_a_corrupt_graph_is_one_clear_error(cutie_export, tmp_path, capsys):
+def test_folder_of_another_model_or_a_corrupt_graph_is_one_clear_error(cutie_onnx_export, tmp_path, capsys):
     with pytest.raises(MaskmlError, match="holds the ONNX export of cutie_small, not cutie_base"):
-        maskml.load_model("cutie_base", checkpoint=cutie_export, backend="onnxruntime")
+        maskml.load_model("cutie_base", checkpoint=cutie_onnx_export, backend="onnxruntime")
     with pytest.raises(MaskmlError, match="holds the ONNX export of cutie_small, not mobile_sam"):
-        maskml.load_model("mobile_sam", checkpoint=cutie_export, backend="onnxruntime")
-    broken = shutil.copytree(cutie_export, tmp_path / "broken")
+        maskml.load_model("mobile_sam", checkpoint=cutie_onnx_export, backend="onnxruntime")
+    broken = shutil.copytree(cutie_onnx_export, tmp_path / "broken")
     with open(broken / "object_transformer.onnx", "r+b") as f:
         f.seek(5000)
         f.write(b"\0\0\0\0")
@@ -117,13 +111,13 @@ def test_folder_of_another_model_or_a_corrupt_graph_is_one_clear_error(cutie_exp
     err = capsys.readouterr().err
     assert "object_transformer.onnx is corrupt (its SHA-256 differs" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
-    manifest = json.loads((cutie_export / MANIFEST).read_text())
+    manifest = json.loads((cutie_onnx_export / MANIFEST).read_text())
     assert manifest["model"] == "cutie_small" and manifest["family"] == "cutie"
     assert set(manifest["files"]) == {f"{g}.onnx" for g in manifest["graphs"]}
     assert "memory" in json.dumps(manifest["graphs"]["memory_readout"]["inputs"])
 
 
-def test_track_command_on_onnxruntime(cutie_export, cutie_small_checkpoint, small_judo, tmp_path, capsys):
+def test_track_command_on_onnxruntime(cutie_onnx_export, cutie_small_checkpoint, small_judo, tmp_path, capsys):
     masks = tmp_path / "masks"
     masks.mkdir()
     first, second = (np.array(Image.open(CUTIE / "inputs" / "masks" / "judo" / f"{i:05d}.png")) for i in (0, 5))
@@ -131,7 +125,7 @@ def test_track_command_on_onnxruntime(cutie_export, cutie_small_checkpoint, smal
     both.putpalette(Image.open(CUTIE / "inputs" / "masks" / "judo" / "00000.png").getpalette())
     both.resize((160, 96), Image.NEAREST).save(masks / "00000.png")
     results = {}
-    for backend, checkpoint in (("torch", cutie_small_checkpoint), ("onnxruntime", cutie_export)):
+    for backend, checkpoint in (("torch", cutie_small_checkpoint), ("onnxruntime", cutie_onnx_export)):
         out = tmp_path / backend
         assert main(["track", str(small_judo), "--model", "cutie_small", "--checkpoint", str(checkpoint),
                      "--backend", backend, "--mask-dir", str(masks), "--out", str(out)]) == 0

@@ -6,16 +6,16 @@ import argparse
 from maskml.errors import MaskmlError
 
 from maskml.cli.backend import add_backend_arguments, backend_options
-from maskml.cli.track import (add_prompter_arguments, add_source_arguments, load_tracker, parse_options, source_inputs,
-                              tracker_family)
+from maskml.cli.track import (add_prompter_arguments, add_source_arguments, load_prompter, load_tracker, parse_options,
+                              source_inputs, tracker_family)
 from maskml.demo.window import opencv_swap_commands
 
 EPILOG = """examples:
   maskml demo video.mp4 --model cutie_small --prompter mobile_sam
   maskml demo --camera 0 --model cutie_small --prompter mobile_sam --save-dir my_masks/
   maskml demo video.mp4 --model sam2.1_hiera_t          (SAM 2 takes the clicks itself)
-  maskml demo video.mp4 --prompter mobile_sam --prompter-checkpoint mobile_sam_onnx/ --backend onnxruntime
-                                                        (the clicks' masks from ONNX Runtime)
+  maskml demo video.mp4 --checkpoint cutie_onnx/ --prompter mobile_sam --prompter-checkpoint mobile_sam_onnx/ \
+      --backend onnxruntime          (tracker and prompter on ONNX Runtime: folders written by `maskml export`)
 
 in the window: left click = a point on the object, right click = a background point, drag = a box,
 n = next object, 1-9 = back to object 1-9, space = play / pause tracking, r = clear the current object, s = save the masks of
@@ -39,29 +39,16 @@ def register(subparsers) -> None:
     add_source_arguments(p)
     add_prompter_arguments(p)
     p.add_argument("--save-dir", default="demo_masks", help="folder for the masks saved with s (default demo_masks)")
-    add_backend_arguments(p)
+    add_backend_arguments(p, "torch (default), or onnxruntime for --model and --prompter alike: then --checkpoint "
+                             "and --prompter-checkpoint are folders written by `maskml export`")
     p.set_defaults(func=run)
 
 
-def prompter_backend(args) -> dict:
-    """load_model's backend options for the --prompter."""
-    if args.backend == "onnxruntime" and not args.prompter:
-        raise MaskmlError("--backend onnxruntime runs the --prompter (e.g. --prompter mobile_sam --prompter-checkpoint "
-                          "FOLDER written by `maskml export`); the trackers run on PyTorch for now")
-    return backend_options(args)
-
-
 def load_pipeline(args, options: dict):
-    """The tracker and the --prompter, which runs on --backend (the tracker on PyTorch: its graphs are not
-    exported yet)."""
+    """The tracker and the --prompter, both on --backend (as in `maskml track`)."""
     import maskml
 
-    backend = prompter_backend(args)
-    tracker = load_tracker(args, options)
-    device = {"device": args.device} if args.backend == "torch" else {}
-    prompter = maskml.load_model(args.prompter, checkpoint=args.prompter_checkpoint, **device,
-                                 **backend) if args.prompter else None
-    return maskml.Pipeline(tracker, prompter)
+    return maskml.Pipeline(load_tracker(args, options, backend_options(args)), load_prompter(args))
 
 
 def run(args) -> None:
@@ -74,7 +61,7 @@ def run(args) -> None:
     options = parse_options(args.option)
     if tracker_family(args.model) == "cutie" and not args.prompter:
         raise MaskmlError(f"{args.model} needs --prompter NAME (e.g. mobile_sam) to turn clicks into masks")
-    prompter_backend(args)  # a wrong --backend or --providers fails before the window question
+    backend_options(args)  # a wrong --providers fails before the window question
     check_display()
     source = open_source(args.video, args.camera)
     try:
