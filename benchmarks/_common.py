@@ -146,3 +146,17 @@ def draw_curve(rows: list[dict], path: Path, title: str, metric: str, legend: st
         cv2.putText(img, line, (m, 22 + 20 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
     cv2.putText(img, legend, (m, h - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
     cv2.imwrite(str(path), img)
+
+
+def next_items(dataset, order: list, step: int, batch: int, seed_stride: int = 1000) -> list:
+    """The training benchmarks' batches: `batch` samples of `dataset` in an order reshuffled each epoch (from
+    the step), each drawn with the seed (step * seed_stride + index); `order` is the epoch's remaining order."""
+    import torch
+
+    items = []
+    for _ in range(batch):
+        if not order:
+            order.extend(torch.randperm(len(dataset), generator=torch.Generator().manual_seed(step)).tolist())
+        index = order.pop()
+        items.append(dataset.sample(index, seed=step * seed_stride + index))
+    return items

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from _common import draw_curve
+from _common import draw_curve, next_items
 from _synthetic_videos import PHOTOS, predict_nothing, tracked_videos
 from maskml.io.images import atomic_path
 from maskml.train.data.synth import SynthConfig, generate
@@ -154,12 +154,7 @@ def main() -> None:
                 break
             continue
         tick = time.perf_counter()
-        items = []
-        for _ in range(args.batch):
-            if not order:
-                order = torch.randperm(len(train), generator=torch.Generator().manual_seed(step)).tolist()
-            index = order.pop()
-            items.append(train.sample(index, seed=step * 1000 + index))
+        items = next_items(train, order, step, args.batch)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * min(1.0, (step + 1) / warmup)
         out = recipe.training_step(model, items)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from _common import draw_curve
+from _common import draw_curve, next_items
 from maskml.eval.interactive import evaluate_interactive
 from maskml.train.data.dataset import EvalDataset
 from maskml.train.data.readers import open_source
@@ -122,12 +122,7 @@ def main() -> None:
             print(f"{rows[-1]['minutes']:.1f} min, step {step}: 1-click mIoU {miou:.4f}", flush=True)
             next_eval += args.eval_every * 60
             continue
-        items = []
-        for _ in range(args.batch):
-            if not epoch_order:
-                epoch_order = torch.randperm(len(train), generator=torch.Generator().manual_seed(step)).tolist()
-            index = epoch_order.pop()
-            items.append(train.sample(index, seed=step * 1000 + index))
+        items = next_items(train, epoch_order, step, args.batch)
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / warmup)
         out = recipe.training_step(model, items)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from _common import draw_curve
+from _common import draw_curve, next_items
 from _synthetic_videos import add_arguments, predict_nothing, synthetic_videos
 from maskml.train.recipes.sam2_video import Sam2Video, track_video
 from maskml.train.video_eval import evaluate_videos, hold_first_mask
@@ -102,10 +102,7 @@ def main() -> None:
     model.image_encoder.eval()
     while trained_seconds < budget:
         step_start = time.perf_counter()
-        if not epoch_order:
-            epoch_order = torch.randperm(len(train), generator=torch.Generator().manual_seed(step)).tolist()
-        index = epoch_order.pop()
-        item = train.sample(index, seed=step * 100003 + index)
+        item, = next_items(train, epoch_order, step, 1, seed_stride=100003)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * min(1.0, (step + 1) / warmup)
         out = recipe.training_step(model, [item])
