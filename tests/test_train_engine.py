@@ -180,7 +180,7 @@ def test_model_without_a_recipe_is_refused(tmp_path):
         families = ("sam",)
 
     cfg = OmegaConf.create({"model": {"name": "cutie_base"}})
-    with pytest.raises(MaskmlError, match="recipe sam_only does not train cutie_base .*no recipe for it exists"):
+    with pytest.raises(MaskmlError, match="recipe sam_only does not train cutie_base .*: train it with `maskml train cutie model=cutie_base`"):
         SamOnly(cfg)
     SamOnly(OmegaConf.create({"model": {"name": "mobile_sam"}}))
 
@@ -198,15 +198,16 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
          "Could not override 'trainer.max_step'.* Did you mean trainer.max_steps\\? Valid keys in trainer: out_dir"),
         (["train", "toy", config_dir, "schedule=linear"],
          "Could not find 'schedule/linear' Available options in 'schedule': constant, cosine, step"),
-        (["train", "toy", config_dir, "model=cutie_base"], "Could not find 'model/cutie_base'"),
+        (["train", "toy", config_dir, "model=sam_vit_x"], "Could not find 'model/sam_vit_x'"),
         (["train", "toy", config_dir, "optim.lr=abc", "trainer.max_steps=1.5"],
          r"optim.lr=abc \(expected a number\); trainer.max_steps=1.5 \(expected an integer\)"),
         (["train", "toy", config_dir, "trainer.batch_size=0", f"trainer.out_dir={tmp_path / 'never'}"],
          "trainer.batch_size=0: it must be at least 1"),
-        (["train", "sam_finetune", "model=cutie_base"],
-         "Could not find 'model/cutie_base' Available options in 'model': mobile_sam, "),
+        (["train", "sam_finetune", "model=sam_vit_x"],
+         "Could not find 'model/sam_vit_x' Available options in 'model': cutie_base, cutie_small, mobile_sam, "),
         (["train", "sam_finetune", "model.name=cutie_base", f"trainer.out_dir={tmp_path / 'never'}"],
-         "recipe sam_finetune does not train cutie_base .*no recipe for it exists yet; sam_finetune trains "),
+         "recipe sam_finetune does not train cutie_base .*: train it with `maskml train cutie model=cutie_base`; "
+         "sam_finetune trains "),
     ]
     for argv, message in cases:
         assert cli_main(argv) == 2

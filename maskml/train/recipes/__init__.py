@@ -72,8 +72,11 @@ class Recipe:
         family = get_entry(model_name).family
         if family not in self.families:
             trainable = [m for f in self.families for m in list_models(f)]
-            raise MaskmlError(f"recipe {self.name} does not train {model_name} (a {family} model) and no recipe "
-                              f"for it exists yet; {self.name} trains {', '.join(trainable)}.")
+            others = [name for name in list_recipes() if family in get_recipe(name).families]
+            instead = (f"train it with {' or '.join(f'`maskml train {r} model={model_name}`' for r in others)}"
+                       if others else "no recipe trains it yet")
+            raise MaskmlError(f"recipe {self.name} does not train {model_name} (a {family} model): {instead}; "
+                              f"{self.name} trains {', '.join(trainable)}.")
 
     def build_model(self) -> nn.Module:
         """The model on CPU, weights from cfg.model (a checkpoint, or seeded random weights)."""
