@@ -13,7 +13,6 @@ QUANTIZATIONS = ("int8", "int8-static")
 FORMAT = "maskml-onnx"
 # bumped whenever the graphs of an export change within one maskml version (2: decoder_lowres, Cutie)
 FORMAT_VERSION = 2
-NOT_YET_EXPORTABLE: dict[str, str] = {}  # family -> why, and what to export instead
 
 
 def require_onnx(*modules: str) -> None:

@@ -22,7 +22,7 @@ import maskml
 from maskml.errors import MaskmlError
 from maskml.hub import sha256_of
 from maskml.io.outputs import temporary_folder
-from maskml.export import (DEFAULT_OPSET, FORMAT, FORMAT_VERSION, MANIFEST, NOT_YET_EXPORTABLE, OPSETS, QUANTIZATIONS,
+from maskml.export import (DEFAULT_OPSET, FORMAT, FORMAT_VERSION, MANIFEST, OPSETS, QUANTIZATIONS,
                            require_onnx)
 from maskml.export.graphs import ENCODER_INPUT, DecoderGraph, Sam2EncoderGraph, SamEncoderGraph
 from maskml.zoo import get_entry, load_model
@@ -206,8 +206,6 @@ def export_model(name: str, out: str | Path, checkpoint: str | Path | None = Non
     """Export `name` (weights from `checkpoint` or the cache) to the folder `out`; returns it. quantize:
     None, "int8" or "int8-static" (with `calibration`, a folder of images) for the encoder."""
     entry = get_entry(name)
-    if entry.family in NOT_YET_EXPORTABLE:
-        raise MaskmlError(f"{name} is not yet exportable: {NOT_YET_EXPORTABLE[entry.family]}")
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise MaskmlError(f"--quantize {quantize!r} is not offered; choose {' or '.join(QUANTIZATIONS)}")
     images = calibration_images(calibration, quantize)

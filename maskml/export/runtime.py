@@ -17,7 +17,7 @@ import torch
 import maskml
 from maskml.errors import MaskmlError
 from maskml.hub import sha256_of
-from maskml.export import FORMAT, FORMAT_VERSION, MANIFEST, NOT_YET_EXPORTABLE, require_onnx
+from maskml.export import FORMAT, FORMAT_VERSION, MANIFEST, require_onnx
 from maskml.models.sam.mask_decoder import select_masks
 from maskml.predict.image import Sam2Backend, SamBackend, prompts_as_points
 from maskml.zoo import get_entry
@@ -161,9 +161,6 @@ class OnnxSam2Backend(Sam2Backend):
 
 def load_onnx_model(name: str, folder: str | Path | None, providers=None):
     entry = get_entry(name)
-    if entry.family in NOT_YET_EXPORTABLE:
-        raise MaskmlError(f"{name} has no ONNX Runtime backend yet: it is not yet exportable: "
-                          f"{NOT_YET_EXPORTABLE[entry.family]}")
     require_onnx()
     if folder is None:
         raise MaskmlError(f"backend='onnxruntime' needs checkpoint=FOLDER, a folder written by "
