@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 
+# for commands with a tracker and a prompter (track, demo): one backend runs both
+PIPELINE_BACKEND_HELP = ("torch (default), or onnxruntime for --model and --prompter alike: then --checkpoint and "
+                         "--prompter-checkpoint are folders written by `maskml export` (the tracker's and the "
+                         "prompter's)")
+
+
 def add_backend_arguments(parser, backend_help: str = "torch (default), or onnxruntime with --checkpoint a folder "
                                                       "written by `maskml export`") -> None:
     parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch", help=backend_help)

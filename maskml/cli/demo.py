@@ -5,7 +5,7 @@ import argparse
 
 from maskml.errors import MaskmlError
 
-from maskml.cli.backend import add_backend_arguments, backend_options
+from maskml.cli.backend import PIPELINE_BACKEND_HELP, add_backend_arguments, backend_options
 from maskml.cli.track import (add_prompter_arguments, add_source_arguments, load_prompter, load_tracker, parse_options,
                               source_inputs, tracker_family)
 from maskml.demo.window import opencv_swap_commands
@@ -39,8 +39,7 @@ def register(subparsers) -> None:
     add_source_arguments(p)
     add_prompter_arguments(p)
     p.add_argument("--save-dir", default="demo_masks", help="folder for the masks saved with s (default demo_masks)")
-    add_backend_arguments(p, "torch (default), or onnxruntime for --model and --prompter alike: then --checkpoint "
-                             "and --prompter-checkpoint are folders written by `maskml export`")
+    add_backend_arguments(p, PIPELINE_BACKEND_HELP)
     p.set_defaults(func=run)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from maskml.cli.backend import add_backend_arguments, backend_options
+from maskml.cli.backend import PIPELINE_BACKEND_HELP, add_backend_arguments, backend_options
 from maskml.errors import MaskmlError
 from maskml.predict.checks import DEFAULT_MAX_OBJECTS
 
@@ -97,9 +97,7 @@ def register(subparsers) -> None:
     add_source_arguments(p)
     p.add_argument("--mask-dir", help="folder of indexed PNG masks named after their frames")
     add_prompter_arguments(p)
-    add_backend_arguments(p, "torch (default), or onnxruntime for --model and --prompter alike: then --checkpoint "
-                             "and --prompter-checkpoint are folders written by `maskml export` (the tracker's and "
-                             "the prompter's)")
+    add_backend_arguments(p, PIPELINE_BACKEND_HELP)
     p.add_argument("--point", action="append", default=[], metavar="OBJ:FRAME:X,Y[,LABEL]",
                    help="a click on object OBJ in frame FRAME; LABEL 1 = object (default), 0 = background. Repeatable")
     p.add_argument("--box", action="append", default=[], metavar="OBJ:FRAME:X0,Y0,X1,Y1",
