@@ -44,7 +44,8 @@ def config(train_root: Path, args) -> OmegaConf:
         "optim": {"lr": args.lr, "weight_decay": 0.001},
         "recipe": {"stage": "main", "num_frames": args.frames, "num_ref_frames": 3, "max_objects": 3,
                    "num_points": args.points, "size": args.size, "oversample_ratio": 3.0,
-                   "importance_sample_ratio": 0.75, "deep_update_prob": 0.2,
+                   "importance_sample_ratio": 0.75, "deep_update_prob": 0.2, "merge_probability": 0.0,
+                   "max_gap_schedule": None, "max_gap_schedule_fraction": None,
                    "backbone_lr_ratio": args.backbone_lr_ratio, "embed_weight_decay": 0.0,
                    "aux_loss": {"sensory": 0.01, "query": 0.01}, "val_tracker": {}},
     })

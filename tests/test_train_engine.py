@@ -90,10 +90,12 @@ def test_schedules():
 def test_data_order_covers_each_epoch_once_and_seeds_items_by_epoch_and_index():
     batches = list(StepBatches(10, batch_size=2, grad_accum=2, seed=3, start=0, stop=5))
     assert len(batches) == 10 and all(len(b) == 2 for b in batches)
-    first_epoch = [i for b in batches[:4] for i, _ in b]  # 2 steps of 4 items; the tail of 2 is dropped
+    first_epoch = [i for b in batches[:4] for i, _, _ in b]  # 2 steps of 4 items; the tail of 2 is dropped
     assert len(set(first_epoch)) == 8
-    assert all(seed == item_seed(3, 0, i) for b in batches[:4] for i, seed in b)
-    assert all(seed == item_seed(3, 2, i) for b in batches[8:] for i, seed in b)
+    assert all(seed == item_seed(3, 0, i) for b in batches[:4] for i, seed, _ in b)
+    assert all(seed == item_seed(3, 2, i) for b in batches[8:] for i, seed, _ in b)
+    # each item carries its optimizer step (grad_accum micro-batches per step)
+    assert [{step for _, _, step in b} for b in batches] == [{m // 2} for m in range(10)]
     # the stream from step 3 is the tail of the stream from step 0: the data position is the step
     assert list(StepBatches(10, 2, 2, 3, start=3, stop=5)) == batches[6:]
 

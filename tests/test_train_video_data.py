@@ -17,7 +17,9 @@ from maskml.io.video import VideoWriter
 from maskml.train.data.pseudo_video import PseudoVideos, tps_offsets
 from maskml.train.data.readers import open_source
 from maskml.train.data.synth import SynthConfig, generate
-from maskml.train.data.video import HeldOutVideos, VideoClips, open_videos, split_videos
+from maskml.train.data.video import (MERGE_BLUR_SIGMA, HeldOutVideos, VideoClips, open_videos, paste_objects,
+                                     split_videos)
+from maskml.train.engine import StepBatches, step_loader
 
 H, W = 48, 64
 
@@ -69,7 +71,7 @@ def test_davis_clips_follow_cutie_sampling_and_are_seeded(davis_root):
     g = torch.Generator().manual_seed(0)
     reversed_count = 0
     for start in range(12):
-        positions = clips.positions(12, start, g)
+        positions = clips.positions(12, start, g, clips.gap_at(0))
         ordered = sorted(positions)
         assert len(set(positions)) == 4 and start in positions
         assert all(b - a <= 2 for a, b in zip(ordered, ordered[1:]))
@@ -181,3 +183,129 @@ def test_synth_videos_and_pseudo_videos(tmp_path):
     assert (item["frames"][0].float() - item["frames"][1].float()).abs().mean() > 1
     offsets = tps_offsets(torch.Generator().manual_seed(0), (32, 32))
     assert offsets.shape == (32, 32, 2) and 0 < offsets.abs().mean() < 32 * 0.1
+
+
+# ------------------------------------------------------------------------ Cutie's merging, pasting, max_skip curriculum
+
+def test_pasted_objects_have_blurred_or_hard_edges_and_take_their_pixels():
+    frames, other = torch.zeros(2, 3, 16, 16, dtype=torch.uint8), torch.full((2, 3, 16, 16), 200, dtype=torch.uint8)
+    below = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    below[:, :, :, :8] = True
+    square = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    square[:, :, 4:12, 4:12] = True
+    blended, masks = paste_objects(frames, below, other, square, MERGE_BLUR_SIGMA)
+    assert blended.dtype == torch.uint8 and masks.shape == (2, 2, 16, 16)
+    assert torch.equal(masks[:, 0], below[:, 0] & ~square[:, 0]) and torch.equal(masks[:, 1], square[:, 0])
+    row = blended[0, 0, :, 8].tolist()  # down a column through the square: 0 .. soft edge .. 200 .. soft edge .. 0
+    assert row[1] == 0 and row[8] == 200 and 100 < row[4] < 200 and 0 < row[3] < 100
+    # the blur is Cutie's 5 x 5 Gaussian of sigma 1: a one-pixel object spreads over exactly its kernel
+    dot = torch.zeros(1, 1, 16, 16, dtype=torch.bool)
+    dot[0, 0, 8, 8] = True
+    spread = paste_objects(frames[:1], below[:1], other[:1], dot, MERGE_BLUR_SIGMA)[0][0, 0].float()
+    line = torch.exp(-torch.arange(-2, 3.0) ** 2 / 2)
+    kernel = torch.outer(line, line) / line.sum() ** 2
+    assert torch.equal(spread[6:11, 6:11], (200 * kernel).round())
+    assert spread.sum() == spread[6:11, 6:11].sum()
+    # hard: the pasted pixels exactly, nothing around them
+    hard = paste_objects(frames, below, other, square, blur_sigma=None)[0]
+    assert torch.equal(hard, torch.where(square.expand(-1, 3, -1, -1), other, frames))
+
+
+@pytest.fixture(scope="module")
+def merge_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("merge")
+    (root / "JPEGImages").mkdir()
+    (root / "Annotations").mkdir()
+    for name in ("one_a", "one_b"):
+        write_folder_video(root, name, [f"{t:05d}" for t in range(8)], objects=1)
+    write_folder_video(root, "three", [f"{t:05d}" for t in range(8)])
+    return root
+
+
+def test_merging_pastes_a_second_clip_at_its_probability(merge_root):
+    videos, _ = open_videos(merge_root, min_frames=4)
+    single = [v for v in videos if v.name.startswith("one")]
+
+    def clips(p, pool=videos):
+        return VideoClips(pool, num_frames=4, max_objects=2, size=32, merge_probability=p)
+
+    half, never, always = clips(0.5), clips(0.0), clips(1.0)
+    # the one-object videos' items (fewer objects than max_objects): merged half of the time
+    items = [i for i, (v, _) in enumerate(half.items) if half.videos[v].name.startswith("one")]
+    merged = sum("+" in half.sample(items[s % len(items)], s)["name"] for s in range(40))
+    assert 12 <= merged <= 28
+    assert not any("+" in never.sample(items[s % len(items)], s)["name"] for s in range(10))
+    pasted_three = 0
+    for s in range(8):
+        item = always.sample(items[s % len(items)], s)
+        assert "+" in item["name"] and 1 <= len(item["obj_ids"]) <= always.max_objects
+        assert len(set(item["obj_ids"])) == len(item["obj_ids"]) and item["masks"][0].flatten(1).any(1).all()
+        assert item["masks"].sum(1).max() <= 1  # the pasted objects took their pixels: no overlap
+        pasted_three += "+three/" in item["name"]
+    assert pasted_three  # 1 + up to 3 objects, cut to max_objects
+    item = always.sample(items[0], 0)
+    assert torch.equal(item["frames"], always.sample(items[0], 0)["frames"])
+    # merged on the clip it would have been: the same frames away from the pasted object, a blend at its edge
+    plain, pasting = clips(0.0, single), clips(1.0, single)
+    checked = 0
+    for s in range(6):
+        base, item = plain.sample(s, s), pasting.sample(s, s)
+        if len(item["obj_ids"]) < 2:
+            continue  # the pasted object covered the first one in the first frame
+        pasted = item["masks"][:, 1:2].float()
+        near = torch.nn.functional.max_pool2d(pasted, 5, 1, 2)[:, 0] > 0  # within the blur's reach
+        edge = (torch.nn.functional.max_pool2d(pasted, 3, 1, 1)[:, 0] > 0) & ~item["masks"][:, 1]
+        far = ~near[:, None].expand(-1, 3, -1, -1)
+        assert torch.equal(item["frames"][far], base["frames"][far])
+        assert (item["frames"] != base["frames"])[edge[:, None].expand(-1, 3, -1, -1)].any()  # soft, not hard
+        assert torch.equal(item["masks"][:, 0], base["masks"][:, 0] & ~item["masks"][:, 1])
+        checked += 1
+    assert checked >= 3
+
+
+def test_stage_pre_pastes_objects_of_several_images(tmp_path):
+    generate(tmp_path / "synth", SynthConfig(images=4, videos=0, width=64, height=48, min_objects=2, max_objects=3),
+             progress=False)
+    source = open_source(tmp_path / "synth" / "images")
+    several = PseudoVideos(source, num_frames=3, max_objects=3, size=32)
+    image_counts = []
+    for seed in range(10):
+        item = several.sample(seed % 4, seed)
+        images = item["name"].split("+")
+        image_counts.append(len(images))
+        assert set(item["obj_ids"]) <= set(range(1, len(images) + 1)) and len(item["obj_ids"]) <= 3
+        assert item["masks"].sum(1).max() <= 1 and item["masks"][0].flatten(1).any(1).all()
+        assert torch.equal(item["frames"], several.sample(seed % 4, seed)["frames"])
+    assert max(image_counts) >= 2 and min(image_counts) == 1
+    one = PseudoVideos(source, num_frames=3, max_objects=1, size=32)
+    assert all(one.sample(s, s)["obj_ids"] == [1] and "+" not in one.sample(s, s)["name"] for s in range(4))
+
+
+def test_the_engine_gives_each_item_its_step_and_the_gap_follows_the_schedule(tmp_path):
+    root = tmp_path / "long"
+    for t in range(40):  # objects stay in view; only the frame names tell the frames apart
+        frame, ids = scene(t % 4, objects=2)
+        write_image(root / "JPEGImages" / "long" / f"{t:05d}.jpg", frame)
+        write_mask(root / "Annotations" / "long" / f"{t:05d}.png", ids)
+    videos, _ = open_videos(root, min_frames=4)
+    clips = VideoClips(videos, num_frames=4, max_objects=2, size=16, gap_schedule=[(0, 1), (4, 15), (8, 1)])
+
+    def spans(workers: int, start: int = 0) -> list[list[int]]:
+        batches = StepBatches(len(clips), batch_size=2, grad_accum=1, seed=0, start=start, stop=12)
+        loader = step_loader(clips, batches, list, num_workers=workers, pin_memory=False, seed=0)
+        out = []
+        for batch in loader:
+            names = [[int(n) for n in item["frame_names"]] for item in batch]
+            out.append([max(n) - min(n) for n in names])
+        return out
+
+    for workers in (0, 1):
+        by_step = spans(workers)
+        assert len(by_step) == 12
+        # gap 1: 4 consecutive frames; gap 15: frames spread; then back to 1
+        assert all(span == 3 for step in (0, 1, 2, 3, 8, 9, 10, 11) for span in by_step[step])
+        assert all(span > 3 for step in (4, 5, 6, 7) for span in by_step[step])
+    assert spans(0, start=6) == spans(1)[6:]  # a resumed stream: the same steps, the same gaps
+    a, b = clips.sample(3, 99, step=5), clips.sample(3, 99, step=5)
+    assert torch.equal(a["frames"], b["frames"]) and a["frame_names"] == b["frame_names"]
+    assert clips.gap_at(3) == 1 and clips.gap_at(4) == clips.gap_at(7) == 15 and clips.gap_at(100) == 1

@@ -10,14 +10,16 @@ ckpt_every steps checkpoints/last.pt. At the end: model.pt through the recipe's 
 if a best_metric is tracked.
 
 Data order is a pure function of the optimizer step (a seeded permutation per epoch, cut into global batches),
-and every item's randomness comes from its own seed: N processes compute what one process computes with the same
-global batch, and a resumed run continues exactly where the checkpoint was taken.
+and every item's randomness comes from its own seed (a dataset with a curriculum also gets the item's step):
+N processes compute what one process computes with the same global batch, and a resumed run continues exactly
+where the checkpoint was taken.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import functools
+import inspect
 import math
 import time
 import warnings
@@ -56,7 +58,7 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class StepBatches(Sampler):
-    """This rank's micro-batches, as (index, seed) pairs, for optimizer steps start..stop-1.
+    """This rank's micro-batches, as (index, seed, step) triples, for optimizer steps start..stop-1.
 
     Each epoch is a permutation of the dataset seeded from (seed, epoch), cut into global batches of
     batch_size x world x grad_accum items (the incomplete tail is dropped); micro-step m of rank r takes the
@@ -85,24 +87,40 @@ class StepBatches(Sampler):
             chunk = order[k * self.global_batch:(k + 1) * self.global_batch].tolist()
             for micro in range(self.grad_accum):
                 first = (micro * self.world + self.rank) * self.batch_size
-                yield [(i, item_seed(self.seed, epoch, i)) for i in chunk[first:first + self.batch_size]]
+                yield [(i, item_seed(self.seed, epoch, i), step) for i in chunk[first:first + self.batch_size]]
 
 
 class SeededItems(Dataset):
-    """Items of a training dataset fetched by (index, seed), with item["seed"] set."""
+    """Items of a training dataset fetched by (index, seed, step), with item["seed"] set: dataset.sample(index,
+    seed), or dataset.sample(index, seed, step=step) when its sample takes a `step` (a curriculum over the
+    optimizer steps, e.g. cutie's max_gap_schedule), or dataset[index] without a sample method."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        sample = getattr(dataset, "sample", None)
+        self.takes_step = sample is not None and "step" in inspect.signature(sample).parameters
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
-        sample = getattr(self.dataset, "sample", None)
-        item = sample(index, seed) if sample is not None else self.dataset[index]
+    def __getitem__(self, key: tuple[int, int, int]):
+        index, seed, step = key
+        if self.takes_step:
+            item = self.dataset.sample(index, seed, step=step)
+        elif hasattr(self.dataset, "sample"):
+            item = self.dataset.sample(index, seed)
+        else:
+            item = self.dataset[index]
         item["seed"] = seed
         return item
+
+
+def step_loader(dataset: Dataset, batches: StepBatches, collate_fn, num_workers: int, pin_memory: bool,
+                seed: int) -> DataLoader:
+    """The training data stream: the micro-batches of `batches`, each item fetched by SeededItems."""
+    # The loader's own generator: creating its iterator must not draw from the global random state
+    return DataLoader(SeededItems(dataset), batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers,
+                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
 
 
 def move_to(batch, device: torch.device):
@@ -380,11 +398,8 @@ class Trainer:
         max_steps = int(tr.max_steps)
         batches = StepBatches(len(train_data), int(tr.batch_size), int(tr.grad_accum), int(cfg.seed), start,
                               max_steps)
-        # The loader's own generator: creating its iterator must not draw from the global random state
-        loader = DataLoader(SeededItems(train_data), batch_sampler=batches, collate_fn=recipe.collate,
-                            num_workers=int(tr.num_workers), pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(int(cfg.seed)))
-        stream = iter(loader)
+        stream = iter(step_loader(train_data, batches, recipe.collate, int(tr.num_workers), device.type == "cuda",
+                                  int(cfg.seed)))
 
         # Everything is set up: only now the run folder is written (a run that could not start leaves nothing)
         if main:

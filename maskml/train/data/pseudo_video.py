@@ -10,8 +10,12 @@ warp (12 control points moved by N(0, 0.02) of the side). All of it is one grid_
     clips = PseudoVideos(open_source("data/synth/images"), num_frames=3, max_objects=1, size=384)
     item = clips.sample(index, seed)     # the items of maskml.train.data.video.VideoClips
 
-The image's objects visible in the first frame are the clip's objects (at most max_objects, at random);
-bad images are skipped or stop the run as the engine's image datasets do (data.on_error).
+An item pastes objects of several images, as the official stage does: besides its own image, randint(
+max_objects) other random images (0 when max_objects is 1) each make a pseudo-clip (their own deformations);
+each clip gives one object visible in its first frame (at random), and each pasted object's pixels (its hard
+mask) cover the clip so far, taking them from the objects under it. obj_ids number the objects in paste order
+(1 = the item's own image); an object covered in the first frame is left out. The name is the images' names
+joined by "+". Bad images are skipped or stop the run as the engine's image datasets do (data.on_error).
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from torch.utils.data import Dataset
 from maskml.errors import MaskmlError
 from maskml.train.data.dataset import SkippingLoader, _uniform as uniform
 from maskml.train.data.readers import Source
-from maskml.train.data.video import affine_matrix, colour_jitter, pick_objects, random_grayscale, warp
+from maskml.train.data.video import (affine_matrix, colour_jitter, paste_objects, pick_objects, random_grayscale,
+                                     warp)
 
 TPS_POINTS = 12
 TPS_SCALE = 0.02
@@ -79,15 +84,28 @@ class PseudoVideos(Dataset):
 
     def sample(self, index: int, seed: int) -> dict:
         g = torch.Generator().manual_seed(seed)
+        name, frames, masks = self._object_clip(index, g)
+        names = [name]
+        # with one object no other image is drawn: the draw would change nothing but the random stream
+        pasted_images = int(torch.randint(self.max_objects, (), generator=g)) if self.max_objects > 1 else 0
+        for _ in range(pasted_images):
+            other = int(torch.randint(len(self.loader.source), (), generator=g))
+            other_name, other_frames, other_masks = self._object_clip(other, g)
+            frames, masks = paste_objects(frames, masks, other_frames, other_masks, blur_sigma=None)
+            names.append(other_name)
+        chosen, ids = pick_objects(masks, list(range(1, masks.shape[1] + 1)), g, self.max_objects, self.min_pixels)
+        return {"frames": frames, "masks": chosen, "obj_ids": ids, "name": "+".join(names), "seed": seed}
+
+    def _object_clip(self, index: int, g: torch.Generator) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """A pseudo-clip of image `index` (or, when its first frame shows no object, of other random images) and
+        one object visible in its first frame: the image's name, (T, 3, S, S) uint8 frames, (T, 1, S, S) mask."""
         for _ in range(len(self.loader.source)):
             i, image, masks = self.loader.load(index)
             clip = self._clip(image, masks, g)
             if clip is not None:
                 frames, clip_masks = clip
-                chosen, ids = pick_objects(clip_masks, list(range(1, len(masks) + 1)), g, self.max_objects,
-                                           self.min_pixels)
-                return {"frames": frames, "masks": chosen, "obj_ids": ids, "name": self.loader.source.names[i],
-                        "seed": seed}
+                chosen, _ = pick_objects(clip_masks, list(range(len(masks))), g, 1, self.min_pixels)
+                return self.loader.source.names[i], frames, chosen
             index = int(torch.randint(len(self.loader.source), (), generator=g))
         raise MaskmlError(f"no pseudo-video with an object in its first frame could be made from "
                           f"{self.loader.source.root}; check its masks")

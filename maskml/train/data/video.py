@@ -2,7 +2,7 @@
 
     videos, skipped = open_videos("data/synth")          # layout detected, or layout="davis" / "sav" ...
     clips = VideoClips(videos, num_frames=8, max_objects=3, size=480)
-    item = clips.sample(index, seed)                       # one clip, its randomness from `seed` alone
+    item = clips.sample(index, seed, step)                 # its randomness from `seed`, its gap from `step`
     held_out = HeldOutVideos(videos[-5:], size=480)        # full videos for J&F
 
 Layouts:
@@ -18,14 +18,18 @@ Frame names need not be numbers: frames are ordered by the numbers their names a
 else by name (as maskml.io.video reads a folder of frames).
 
 Clips are sampled as Cutie's training samples them (cutie/dataset/vos_dataset.py): an item is a (video,
-annotated frame) pair; from that frame the clip grows by frames within `max_gap` of the last one taken,
-is put in time order and reversed half of the time; one random flip, affine map (rotation 25 degrees, shear
-20) and crop (36 to 100 % of the area) to size x size for the whole clip, colour jitter for the clip and for
-each frame. The first frame must show an object (else another crop, then another clip); the clip's objects
-are those of its first frame, at most `max_objects` (a random subset).
+annotated frame) pair; from that frame the clip grows by frames within `max_gap` of the last one taken
+(or the gap of the item's optimizer step in `gap_schedule`: Cutie's max_skip curriculum), is put in time
+order and reversed half of the time; one random flip, affine map (rotation 25 degrees, shear 20) and crop (36
+to 100 % of the area) to size x size for the whole clip, colour jitter for the clip and for each frame. The
+first frame must show an object (else another crop, then another clip). With `merge_probability`, a clip with
+fewer than `max_objects` objects gets the first-frame objects of a second clip (of a random item) pasted on,
+through their masks blurred by a 5 x 5 Gaussian (sigma 1), each taking its pixels from the objects under it.
+The clip's objects are those of its first frame, at most `max_objects` (a random subset).
 
 Item: {"frames": (T, 3, S, S) uint8, "masks": (T, N, S, S) bool (object n in every frame; empty where it is
-hidden or gone), "obj_ids": [N ids], "name": "<video>/<first frame>", "seed"}.
+hidden or gone), "obj_ids": [N ids], "name": "<video>/<first frame>" ("<clip>+<clip>" when merged),
+"frame_names": the clip's frames in its order, "seed"}.
 
 Bad input: a video whose masks and frames do not pair up (a mask without its frame), with fewer annotated
 frames than a clip needs, or whose SA-V JSON is unreadable is left out when the videos are listed (counted
@@ -57,6 +61,7 @@ from maskml.train.data.readers import IMAGE_SUFFIXES, BadSample, _image_tensor
 SAV_STEP = 4  # SA-V annotates every 4th frame (6 of the videos' 24 frames per second)
 FILL = (124, 116, 104)  # Cutie's im_mean: the colour of the area an affine map brings in
 VIDEO_LAYOUTS = ("davis", "ytvos", "mose", "sav", "synth")
+MERGE_BLUR_SIZE, MERGE_BLUR_SIGMA = 5, 1.0  # Cutie's blur of a merged video's object masks (a soft pasted edge)
 
 
 @dataclass
@@ -355,47 +360,97 @@ def random_grayscale(images: torch.Tensor, g: torch.Generator, p: float) -> torc
     return images
 
 
+def first_frame_objects(masks: torch.Tensor, min_pixels: int) -> torch.Tensor:
+    """Indices of the objects of (T, K, H, W) masks with at least min_pixels in the first frame."""
+    return (masks[0].flatten(1).sum(1) >= min_pixels).nonzero().flatten()
+
+
 def pick_objects(masks: torch.Tensor, ids: list[int], g: torch.Generator, max_objects: int, min_pixels: int
                  ) -> tuple[torch.Tensor, list[int]]:
     """The objects visible in the first frame (at least min_pixels), at most max_objects of them at random."""
-    visible = (masks[0].flatten(1).sum(1) >= min_pixels).nonzero().flatten()
+    visible = first_frame_objects(masks, min_pixels)
     if len(visible) > max_objects:
         visible = visible[torch.randperm(len(visible), generator=g)[:max_objects]].sort().values
     return masks[:, visible], [ids[i] for i in visible.tolist()]
 
 
+def gaussian_blur(masks: torch.Tensor, sigma: float, size: int = MERGE_BLUR_SIZE) -> torch.Tensor:
+    """(T, 1, H, W) float masks blurred by a size x size Gaussian (borders mirrored without repeating the edge
+    pixel, as OpenCV's default)."""
+    offsets = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    line = torch.exp(-offsets**2 / (2 * sigma**2))
+    line = line / line.sum()
+    kernel = (line[:, None] * line[None, :]).view(1, 1, size, size)
+    padded = F.pad(masks, [size // 2] * 4, mode="reflect")
+    return F.conv2d(padded, kernel)
+
+
+def paste_objects(frames: torch.Tensor, masks: torch.Tensor, pasted_frames: torch.Tensor, pasted_masks: torch.Tensor,
+                  blur_sigma: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The objects of a second clip laid over a clip, in order: each of pasted_masks' objects (T, J, S, S) brings
+    its pixels of pasted_frames (T, 3, S, S) over frames (T, 3, S, S) uint8, through its mask blurred by a
+    Gaussian of blur_sigma (a soft edge; None: the hard mask), and takes its pixels from every object before it.
+    Returns the frames and the masks (T, K + J, S, S) of the K objects of `masks`, then the J pasted ones."""
+    out = frames.float()
+    for j in range(pasted_masks.shape[1]):
+        mask = pasted_masks[:, j:j + 1]
+        alpha = mask.float() if blur_sigma is None else gaussian_blur(mask.float(), blur_sigma)
+        out = out * (1 - alpha) + pasted_frames.float() * alpha
+        masks = torch.cat([masks & ~mask, mask], 1)
+    return out.round().clamp(0, 255).to(torch.uint8), masks
+
+
 # ------------------------------------------------------------------------------------------ datasets
 
 class VideoClips(Dataset):
-    """Training clips; `sample(index, seed)` draws everything from `seed` (see the module docstring)."""
+    """Training clips; `sample(index, seed, step)` draws everything from `seed` (see the module docstring).
+
+    gap_schedule: (first optimizer step, max_gap) pairs, the first at step 0, used instead of max_gap (Cutie's
+    max_skip curriculum); an item of step s takes the gap of the last pair that starts at or before s.
+    merge_probability: the chance that a clip with fewer than max_objects objects gets the objects of a second
+    clip pasted on (Cutie's merged videos)."""
 
     max_clip_tries = 5  # clips tried from one item before the next item's video
     max_crop_tries = 5  # crops of one clip tried for a first frame with an object
 
     def __init__(self, videos: list[VideoRecord], num_frames: int = 8, max_objects: int = 3, size: int = 480,
-                 max_gap: int = 5, on_error: str = "skip", min_pixels: int = 4, reverse: float = 0.5) -> None:
+                 max_gap: int = 5, on_error: str = "skip", min_pixels: int = 4, reverse: float = 0.5,
+                 gap_schedule: list[tuple[int, int]] | None = None, merge_probability: float = 0.0) -> None:
         if on_error not in ("skip", "stop"):
             raise MaskmlError(f"data.on_error must be skip or stop, got {on_error!r}")
-        if num_frames < 1 or max_objects < 1 or max_gap < 1:
+        self.gap_schedule = [(int(first), int(gap)) for first, gap in gap_schedule] if gap_schedule else [(0, max_gap)]
+        smallest_gap = min(gap for _, gap in self.gap_schedule)
+        if num_frames < 1 or max_objects < 1 or smallest_gap < 1:
             raise MaskmlError(f"clips need num_frames, max_objects and max_gap >= 1 (got {num_frames}, {max_objects}, "
-                              f"{max_gap})")
+                              f"{smallest_gap})")
+        if not 0.0 <= merge_probability <= 1.0:
+            raise MaskmlError(f"the probability of merging two clips must be in [0, 1], got {merge_probability}")
         usable = [v for v in videos if len(v) >= num_frames]
         if not usable:
             raise MaskmlError(f"no video has the {num_frames} annotated frames a clip needs (the longest has "
                               f"{max((len(v) for v in videos), default=0)}); lower recipe.num_frames")
         self.videos = usable
-        self.num_frames, self.max_objects, self.size, self.max_gap = num_frames, max_objects, size, max_gap
+        self.num_frames, self.max_objects, self.size = num_frames, max_objects, size
         self.on_error, self.min_pixels, self.reverse = on_error, min_pixels, reverse
+        self.merge_probability = merge_probability
         self.items = [(v, p) for v, video in enumerate(usable) for p in range(len(video))]
         self.bad: dict[int, str] = {}  # video index -> why it was skipped (this process's count)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def positions(self, length: int, start: int, g: torch.Generator) -> list[int]:
+    def gap_at(self, step: int) -> int:
+        """The max_gap of the items of optimizer step `step`."""
+        gap = self.gap_schedule[0][1]
+        for first, later_gap in self.gap_schedule[1:]:
+            if first <= step:
+                gap = later_gap
+        return gap
+
+    def positions(self, length: int, start: int, g: torch.Generator, max_gap: int) -> list[int]:
         """num_frames distinct positions grown from `start`, each new one within max_gap of the previous
         one taken (Cutie's acceptable set), in time order, reversed with probability `reverse`."""
-        gap = min(length, self.max_gap)
+        gap = min(length, max_gap)
         taken = [start]
         allowed = set(range(max(0, start - gap), min(length, start + gap + 1))) - {start}
         while len(taken) < self.num_frames:
@@ -432,14 +487,36 @@ class VideoClips(Dataset):
         out_images = torch.stack([colour_jitter(frame, g, 0.1, 0.05, 0.05) for frame in out_images])
         return out_images.round().clamp(0, 255).to(torch.uint8), out_masks
 
-    def sample(self, index: int, seed: int) -> dict:
+    def sample(self, index: int, seed: int, step: int = 0) -> dict:
+        """The clip of item `index` at optimizer step `step` (its gap in the schedule), merged with a second
+        clip with probability merge_probability while it has fewer than max_objects objects."""
         g = torch.Generator().manual_seed(seed)
+        max_gap = self.gap_at(step)
+        name, frame_names, frames, masks, ids = self._clip(index, g, max_gap)
+        # no draw without merging: the clips of merge_probability=0 are those of a clip sampler without merging
+        if self.merge_probability > 0 and len(first_frame_objects(masks, self.min_pixels)) < self.max_objects \
+                and float(torch.rand((), generator=g)) < self.merge_probability:
+            other = int(torch.randint(len(self.items), (), generator=g))
+            other_name, _, other_frames, other_masks, _ = self._clip(other, g, max_gap)
+            pasted = other_masks[:, first_frame_objects(other_masks, self.min_pixels)]
+            frames, masks = paste_objects(frames, masks, other_frames, pasted, MERGE_BLUR_SIGMA)
+            ids = ids + [max(ids) + 1 + j for j in range(pasted.shape[1])]
+            name = f"{name}+{other_name}"
+        # objects the pasted ones covered in the first frame are no longer targets
+        masks, ids = pick_objects(masks, ids, g, self.max_objects, self.min_pixels)
+        return {"frames": frames, "masks": masks, "obj_ids": ids, "seed": seed, "name": name,
+                "frame_names": frame_names}
+
+    def _clip(self, index: int, g: torch.Generator, max_gap: int
+              ) -> tuple[str, list[str], torch.Tensor, torch.Tensor, list[int]]:
+        """An augmented clip from item `index` (or, when it gives none, from other items): its name, frame names,
+        (T, 3, S, S) uint8 frames, (T, K, S, S) masks of all its objects, and their ids."""
         v, start = self.items[index]
         for _ in range(len(self.videos) + 10):
             video = self.videos[v]
             if v not in self.bad:
                 for _ in range(self.max_clip_tries):
-                    positions = self.positions(len(video), start, g)
+                    positions = self.positions(len(video), start, g, max_gap)
                     try:
                         frames, masks, ids = video.load(positions)
                     except BadSample as exc:
@@ -447,9 +524,8 @@ class VideoClips(Dataset):
                         break
                     out = self.augment(frames, masks, g) if ids else None
                     if out is not None:
-                        masks, ids = pick_objects(out[1], ids, g, self.max_objects, self.min_pixels)
-                        return {"frames": out[0], "masks": masks, "obj_ids": ids, "seed": seed,
-                                "name": f"{video.name}/{video.frame_names[positions[0]]}"}
+                        return (f"{video.name}/{video.frame_names[positions[0]]}",
+                                [video.frame_names[p] for p in positions], out[0], out[1], ids)
                     start = int(torch.randint(len(video), (), generator=g))
             # this video gave no clip: a random frame of a readable one
             readable = [i for i, (u, _) in enumerate(self.items) if u not in self.bad] if self.bad else self.items

@@ -2,8 +2,10 @@
 
 Stage "pre" (pre_training): static pseudo-videos from an image dataset (maskml.train.data.pseudo_video),
 3-frame clips, 2 reference frames, 1 object, 8192 sampled points. Stage "main" (main_training): videos
-(maskml.train.data.video), 8-frame clips, 3 reference frames, up to 3 objects, 12544 points. Settings left
-null in recipe/cutie.yaml take the stage's official value.
+(maskml.train.data.video), 8-frame clips, 3 reference frames, up to 3 objects, 12544 points, two clips
+merged with probability 0.5, the clips' max gap following recipe.max_gap_schedule over trainer.max_steps
+(5, 10, 15, 5 frames from 0, 0.1, 0.3, 0.8 of them). Settings left null in recipe/cutie.yaml take the
+stage's official value.
 
 Per clip, the first frame's masks are encoded into memory; each later frame is segmented from the memory
 of the frames before it (all of them up to num_ref_frames, then num_ref_frames of them at random), from the
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from maskml.errors import MaskmlError
@@ -37,6 +39,36 @@ STAGES = {
     "main": dict(num_frames=8, num_ref_frames=3, max_objects=3, num_points=12544, size=480),
 }
 EMBEDDING_NAMES = ("summary_pos.weight", "query_init.weight", "query_emb.weight", "obj_pe.weight")
+MERGE_PROBABILITY = {"pre": 0.0, "main": 0.5}  # main_training.merge_probability (pre pastes images instead)
+
+
+def _numbers(value, setting: str) -> list[float]:
+    if not isinstance(value, (list, ListConfig)) or not value:
+        raise MaskmlError(f"{setting}={value}: give a list of numbers, e.g. {setting}=[5,10,15,5]")
+    try:
+        return [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise MaskmlError(f"{setting}={list(value)}: give a list of numbers") from None
+
+
+def gap_schedule(cfg: DictConfig) -> list[tuple[int, int]] | None:
+    """recipe.max_gap_schedule at recipe.max_gap_schedule_fraction of trainer.max_steps -> VideoClips' (first
+    step, max_gap) pairs (the official max_skip_schedule: a gap starts at round(fraction x steps)); None when
+    recipe.max_gap_schedule is null (data.max_gap throughout)."""
+    recipe = cfg.recipe
+    if recipe.max_gap_schedule is None:
+        return None
+    gaps = _numbers(recipe.max_gap_schedule, "recipe.max_gap_schedule")
+    fractions = _numbers(recipe.max_gap_schedule_fraction, "recipe.max_gap_schedule_fraction")
+    if len(gaps) != len(fractions):
+        raise MaskmlError(f"recipe.max_gap_schedule has {len(gaps)} gaps but recipe.max_gap_schedule_fraction "
+                          f"{len(fractions)} fractions: give each gap the fraction of trainer.max_steps it starts at")
+    if fractions[0] != 0 or any(b <= a for a, b in zip(fractions, fractions[1:])) or fractions[-1] >= 1:
+        raise MaskmlError(f"recipe.max_gap_schedule_fraction={fractions}: the fractions of trainer.max_steps where "
+                          f"each gap starts must begin at 0.0 and increase, below 1.0")
+    if any(gap < 1 or gap != int(gap) for gap in gaps):
+        raise MaskmlError(f"recipe.max_gap_schedule={gaps}: each gap is a whole number of frames, at least 1")
+    return [(round(fraction * int(cfg.trainer.max_steps)), int(gap)) for fraction, gap in zip(fractions, gaps)]
 
 
 class LinearPredictor(nn.Module):
@@ -141,6 +173,14 @@ class CutieRecipe(Recipe):
             raise MaskmlError(f"recipe.size={self.settings['size']} must be a multiple of 16")
         if self.settings["num_ref_frames"] < 1 or self.settings["num_frames"] < 2:
             raise MaskmlError("recipe.num_frames must be at least 2 and recipe.num_ref_frames at least 1")
+        self.merge_probability = float(r.merge_probability if r.merge_probability is not None
+                                       else MERGE_PROBABILITY[r.stage])
+        if not 0.0 <= self.merge_probability <= 1.0:
+            raise MaskmlError(f"recipe.merge_probability={self.merge_probability}: give a probability in [0, 1]")
+        if r.stage == "pre" and self.merge_probability:
+            raise MaskmlError("recipe.merge_probability merges videos of stage main; stage pre pastes the objects of "
+                              "several images instead (up to recipe.max_objects): leave it null")
+        self.gap_schedule = gap_schedule(cfg) if r.stage == "main" else None
         self.deep_update_prob = float(r.deep_update_prob)
         self.oversample_ratio, self.importance_ratio = float(r.oversample_ratio), float(r.importance_sample_ratio)
         self.sensory_weight, self.query_weight = float(r.aux_loss.sensory), float(r.aux_loss.query)
@@ -164,7 +204,8 @@ class CutieRecipe(Recipe):
         warn_skipped(skipped, d.root)
         train, _ = split_videos(videos, int(d.val_videos))
         return VideoClips(train, s["num_frames"], s["max_objects"], s["size"], max_gap=int(d.max_gap),
-                          on_error=d.on_error)
+                          on_error=d.on_error, merge_probability=self.merge_probability,
+                          gap_schedule=self.gap_schedule)
 
     def val_dataset(self):
         from maskml.train.data.video import HeldOutVideos, open_videos, split_videos, warn_skipped
