@@ -77,6 +77,23 @@ def test_stage_pre_trains_on_pseudo_videos_from_images(synth):
         recipe_for(synth, "recipe.stage=later")
 
 
+def test_data_sampling_follows_the_official_schedule_and_bad_settings_are_one_clear_error(synth):
+    clips = recipe_for(synth, "trainer.max_steps=1000").train_dataset()
+    assert clips.gap_schedule == [(0, 5), (100, 10), (300, 15), (800, 5)] and clips.merge_probability == 0.5
+    fixed = recipe_for(synth, "recipe.max_gap_schedule=null", "data.max_gap=3", "recipe.merge_probability=0")
+    assert fixed.train_dataset().gap_schedule == [(0, 3)] and fixed.train_dataset().merge_probability == 0
+    bad = [(["recipe.max_gap_schedule=[5,10]"], "max_gap_schedule has 2 gaps but .*fraction 4 fractions"),
+           (["recipe.max_gap_schedule_fraction=[0.1,0.2,0.3,0.8]"], "max_gap_schedule_fraction=.*begin at 0.0"),
+           (["recipe.max_gap_schedule_fraction=[0.0,0.3,0.1,0.8]"], "max_gap_schedule_fraction=.*increase"),
+           (["recipe.max_gap_schedule=[5,0,15,5]"], "max_gap_schedule=.*at least 1"),
+           (["recipe.max_gap_schedule=[5,a,15,5]"], "max_gap_schedule=.*list of numbers"),
+           (["recipe.merge_probability=1.5"], "merge_probability=1.5"),
+           (["recipe.stage=pre", "recipe.merge_probability=0.5"], "stage pre pastes the objects of several")]
+    for overrides, message in bad:
+        with pytest.raises(MaskmlError, match=message):
+            recipe_for(synth, *overrides)
+
+
 def test_starts_from_an_official_checkpoint(tmp_path):
     checkpoint = write_parity_checkpoint(MANIFEST, tmp_path / "cutie-small-mega.pth")
     model = build_cutie_model("cutie_small", str(checkpoint), seed=0)

@@ -243,6 +243,10 @@ def test_merging_pastes_a_second_clip_at_its_probability(merge_root):
         assert item["masks"].sum(1).max() <= 1  # the pasted objects took their pixels: no overlap
         pasted_three += "+three/" in item["name"]
     assert pasted_three  # 1 + up to 3 objects, cut to max_objects
+    # a clip that already shows max_objects objects is not merged
+    three = [always.sample(i, i) for i, (v, _) in enumerate(always.items) if always.videos[v].name == "three"][:6]
+    assert any("+" not in item["name"] for item in three)
+    assert all(len(item["obj_ids"]) == 2 for item in three if "+" not in item["name"])
     item = always.sample(items[0], 0)
     assert torch.equal(item["frames"], always.sample(items[0], 0)["frames"])
     # merged on the clip it would have been: the same frames away from the pasted object, a blend at its edge

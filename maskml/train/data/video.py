@@ -423,8 +423,6 @@ class VideoClips(Dataset):
         if num_frames < 1 or max_objects < 1 or smallest_gap < 1:
             raise MaskmlError(f"clips need num_frames, max_objects and max_gap >= 1 (got {num_frames}, {max_objects}, "
                               f"{smallest_gap})")
-        if not 0.0 <= merge_probability <= 1.0:
-            raise MaskmlError(f"the probability of merging two clips must be in [0, 1], got {merge_probability}")
         usable = [v for v in videos if len(v) >= num_frames]
         if not usable:
             raise MaskmlError(f"no video has the {num_frames} annotated frames a clip needs (the longest has "

@@ -42,13 +42,14 @@ EMBEDDING_NAMES = ("summary_pos.weight", "query_init.weight", "query_emb.weight"
 MERGE_PROBABILITY = {"pre": 0.0, "main": 0.5}  # main_training.merge_probability (pre pastes images instead)
 
 
-def _numbers(value, setting: str) -> list[float]:
-    if not isinstance(value, (list, ListConfig)) or not value:
-        raise MaskmlError(f"{setting}={value}: give a list of numbers, e.g. {setting}=[5,10,15,5]")
+def _numbers(value, setting: str, example: str) -> list[float]:
     try:
+        if not isinstance(value, (list, ListConfig)) or not value:
+            raise ValueError
         return [float(v) for v in value]
     except (TypeError, ValueError):
-        raise MaskmlError(f"{setting}={list(value)}: give a list of numbers") from None
+        shown = "null" if value is None else list(value) if isinstance(value, ListConfig) else value
+        raise MaskmlError(f"{setting}={shown}: give a list of numbers, e.g. {setting}={example}") from None
 
 
 def gap_schedule(cfg: DictConfig) -> list[tuple[int, int]] | None:
@@ -58,8 +59,8 @@ def gap_schedule(cfg: DictConfig) -> list[tuple[int, int]] | None:
     recipe = cfg.recipe
     if recipe.max_gap_schedule is None:
         return None
-    gaps = _numbers(recipe.max_gap_schedule, "recipe.max_gap_schedule")
-    fractions = _numbers(recipe.max_gap_schedule_fraction, "recipe.max_gap_schedule_fraction")
+    gaps = _numbers(recipe.max_gap_schedule, "recipe.max_gap_schedule", "[5,10,15,5]")
+    fractions = _numbers(recipe.max_gap_schedule_fraction, "recipe.max_gap_schedule_fraction", "[0.0,0.1,0.3,0.8]")
     if len(gaps) != len(fractions):
         raise MaskmlError(f"recipe.max_gap_schedule has {len(gaps)} gaps but recipe.max_gap_schedule_fraction "
                           f"{len(fractions)} fractions: give each gap the fraction of trainer.max_steps it starts at")
@@ -173,10 +174,11 @@ class CutieRecipe(Recipe):
             raise MaskmlError(f"recipe.size={self.settings['size']} must be a multiple of 16")
         if self.settings["num_ref_frames"] < 1 or self.settings["num_frames"] < 2:
             raise MaskmlError("recipe.num_frames must be at least 2 and recipe.num_ref_frames at least 1")
-        self.merge_probability = float(r.merge_probability if r.merge_probability is not None
-                                       else MERGE_PROBABILITY[r.stage])
-        if not 0.0 <= self.merge_probability <= 1.0:
-            raise MaskmlError(f"recipe.merge_probability={self.merge_probability}: give a probability in [0, 1]")
+        merge = r.merge_probability if r.merge_probability is not None else MERGE_PROBABILITY[r.stage]
+        if not isinstance(merge, (int, float)) or not 0 <= merge <= 1:
+            raise MaskmlError(f"recipe.merge_probability={merge}: give a probability in [0, 1] (null: the stage's "
+                              f"official value)")
+        self.merge_probability = float(merge)
         if r.stage == "pre" and self.merge_probability:
             raise MaskmlError("recipe.merge_probability merges videos of stage main; stage pre pastes the objects of "
                               "several images instead (up to recipe.max_objects): leave it null")
