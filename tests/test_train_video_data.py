@@ -1,6 +1,7 @@
 """Video training data (maskml.train.data.video, pseudo_video): every layout read into the same clips, clips
-sampled as Cutie's training samples them (window with a maximum gap, objects of the first frame, at most K),
-seeded randomness, and bad input skipped with the file named or stopped with one clear error."""
+sampled as Cutie's training samples them (window with a maximum gap that follows a schedule over the training
+steps, merged clips with soft pasted edges, pseudo-videos pasted from several images, objects of the first
+frame, at most K), seeded randomness, and bad input skipped with the file named or stopped with one clear error."""
 from __future__ import annotations
 
 import json

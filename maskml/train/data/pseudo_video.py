@@ -10,12 +10,13 @@ warp (12 control points moved by N(0, 0.02) of the side). All of it is one grid_
     clips = PseudoVideos(open_source("data/synth/images"), num_frames=3, max_objects=1, size=384)
     item = clips.sample(index, seed)     # the items of maskml.train.data.video.VideoClips
 
-An item pastes objects of several images, as the official stage does: besides its own image, randint(
-max_objects) other random images (0 when max_objects is 1) each make a pseudo-clip (their own deformations);
-each clip gives one object visible in its first frame (at random), and each pasted object's pixels (its hard
-mask) cover the clip so far, taking them from the objects under it. obj_ids number the objects in paste order
-(1 = the item's own image); an object covered in the first frame is left out. The name is the images' names
-joined by "+". Bad images are skipped or stop the run as the engine's image datasets do (data.on_error).
+An item pastes objects of several images, as the official stage does: besides its own image,
+randint(max_objects) other random images (none when max_objects is 1) each make a pseudo-clip (with their own
+deformations); each clip gives one object visible in its first frame (at random), and each pasted object's
+pixels (its hard mask) cover the clip so far, taking them from the objects under it. obj_ids number the
+objects in paste order (1 = the item's own image); an object covered in the first frame is left out. The
+name is the images' names joined by "+". Bad images are skipped or stop the run as the engine's image
+datasets do (data.on_error).
 """
 from __future__ import annotations
 

@@ -491,7 +491,7 @@ class VideoClips(Dataset):
         g = torch.Generator().manual_seed(seed)
         max_gap = self.gap_at(step)
         name, frame_names, frames, masks, ids = self._clip(index, g, max_gap)
-        # no draw without merging: the clips of merge_probability=0 are those of a clip sampler without merging
+        # merge_probability=0 draws nothing more: its clips are exactly those of a sampler that never merges
         if self.merge_probability > 0 and len(first_frame_objects(masks, self.min_pixels)) < self.max_objects \
                 and float(torch.rand((), generator=g)) < self.merge_probability:
             other = int(torch.randint(len(self.items), (), generator=g))
