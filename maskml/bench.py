@@ -171,9 +171,9 @@ def object_masks(objects: int) -> torch.Tensor:
 
 def frame_ms(family: str, model, objects: int, frames: list, runs: int, device: str = "cpu", autocast=None) -> float:
     """ms per tracked frame after the first: Cutie's VideoTracker or SAM 2's Sam2Tracker on `model`."""
-    import maskml
+    from maskml.predict.pipeline import tracker_for
 
-    tracker = (maskml.VideoTracker if family == "cutie" else maskml.Sam2Tracker)(model)
+    tracker = tracker_for(model)
     with (autocast or nullcontext)():
         tracker.step(frames[0], mask=object_masks(objects))
         clip = iter(frames[1:] * (runs + 2))

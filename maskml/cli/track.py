@@ -133,14 +133,15 @@ def add_source_arguments(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
 
-def tracker_family(name: str) -> str:
-    """"cutie" or "sam2" for a tracker model name; an image-only model is a MaskmlError."""
+def tracker_family(name: str, flag: str = "--model", image_flag: str = "--prompter") -> str:
+    """"cutie" or "sam2" for a tracker model name given as `flag`; an image-only model is a MaskmlError that
+    says it belongs in `image_flag`."""
     from maskml.zoo import get_entry
 
     family = get_entry(name).family
     if family not in ("cutie", "sam2"):
-        raise MaskmlError(f"--model {name} is an image model, not a tracker: give it as --prompter, and a tracker "
-                          f"(cutie_small, cutie_base, sam2.1_hiera_t, ...) as --model")
+        raise MaskmlError(f"{flag} {name} is an image model, not a tracker: give it as {image_flag}, and a tracker "
+                          f"(cutie_small, cutie_base, sam2.1_hiera_t, ...) as {flag}")
     return family
 
 
@@ -148,15 +149,19 @@ def load_tracker(args, options: dict, backend: dict | None = None):
     """The --model tracker: VideoTracker (Cutie) or Sam2Tracker, with its --option values; backend: load_model's
     backend options (cli.backend.backend_options), PyTorch when None."""
     import maskml
+    from maskml.predict.pipeline import tracker_for
 
+    check_tracker_options(args.model, options)  # a wrong --option fails before the model loads
+    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device, **(backend or {}))
+    return tracker_for(model, max_objects=args.max_objects, **options)
+
+
+def check_tracker_options(name: str, options: dict, flag: str = "--model", image_flag: str = "--prompter") -> None:
+    """MaskmlError for a tracker model name that is not one, or an option its engine does not have."""
     from maskml.predict.cutie.tracker import resolve_options as cutie_options
     from maskml.predict.sam2.session import resolve_options as sam2_options
 
-    family = tracker_family(args.model)
-    (cutie_options if family == "cutie" else sam2_options)(options)  # a wrong --option fails before the model loads
-    model = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device, **(backend or {}))
-    tracker = maskml.VideoTracker if family == "cutie" else maskml.Sam2Tracker
-    return tracker(model, max_objects=args.max_objects, **options)
+    (cutie_options if tracker_family(name, flag, image_flag) == "cutie" else sam2_options)(options)
 
 
 def load_prompter(args):

@@ -115,6 +115,20 @@ def prompt_masks(predictor: ImagePredictor, prompts: Iterable[Prompt]) -> torch.
     return out
 
 
+def tracker_for(model, **options) -> "Tracker":
+    """The engine that tracks with a video model, PyTorch or ONNX Runtime: Cutie's VideoTracker or SAM 2's
+    Sam2Tracker, with its options (max_objects and the engine's own, by their official names)."""
+    from maskml.predict.cutie.tracker import VideoTracker
+    from maskml.predict.sam2.tracker import Sam2Tracker
+    from maskml.zoo import get_entry
+
+    family = get_entry(model.model_name).family
+    if family not in ("cutie", "sam2"):
+        raise MaskmlError(f"{model.model_name} is an image model, not a tracker (cutie_small, cutie_base, "
+                          f"sam2.1_hiera_t, ...)")
+    return (VideoTracker if family == "cutie" else Sam2Tracker)(model, **options)
+
+
 class Tracker(Protocol):
     """What Pipeline needs from a video engine; VideoTracker (Cutie) is one.
 
