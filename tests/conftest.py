@@ -130,6 +130,15 @@ def cutie_onnx_export(cutie_small_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mobile_sam_export(sam_checkpoints, tmp_path_factory) -> Path:
+    """maskml export of the mobile_sam stand-in checkpoint (written once per session)."""
+    from maskml.export.exporter import export_model
+
+    return export_model("mobile_sam", tmp_path_factory.mktemp("onnx") / "mobile_sam", sam_checkpoints["mobile_sam"],
+                        progress=False)
+
+
+@pytest.fixture(scope="session")
 def sam2_onnx_export(sam2_checkpoint, tmp_path_factory) -> Path:
     """maskml export of the sam2.1_hiera_t parity checkpoint: image and video graphs (written once per session)."""
     from maskml.export.exporter import export_model

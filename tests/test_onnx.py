@@ -62,12 +62,6 @@ def truck():
 
 
 @pytest.fixture(scope="module")
-def mobile_sam_export(sam_checkpoints, tmp_path_factory):
-    return export_model("mobile_sam", tmp_path_factory.mktemp("onnx") / "mobile_sam", sam_checkpoints["mobile_sam"],
-                        progress=False)
-
-
-@pytest.fixture(scope="module")
 def sam2_export(sam2_onnx_export):
     return sam2_onnx_export
 

@@ -247,3 +247,53 @@ def test_a_model_that_fails_to_load_is_one_line_and_frees_the_port(tmp_path, cut
         busy = subprocess.run([sys.executable, "-m", "maskml", "serve", "--port", str(port)], capture_output=True,
                               text=True, timeout=120)
     assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+
+
+def opened(manager: SessionManager, path, name: str):
+    upload_ = manager.start_upload(name)
+    upload_.write(path.read_bytes())
+    return manager.open(upload_)
+
+
+def test_a_tracker_that_is_not_cutie_is_one_clear_line(capsys):
+    from maskml.cli import main
+
+    assert main(["serve", "--tracker", "mobile_sam", "--port", "0"]) == 2
+    assert "--tracker mobile_sam is an image model, not a tracker: give it as --model" in capsys.readouterr().err
+    assert main(["serve", "--tracker", "sam2.1_hiera_t", "--port", "0"]) == 2
+    assert "SAM 2 video sessions are not served yet" in capsys.readouterr().err
+
+
+def test_serve_on_onnxruntime_gives_pytorchs_masks(mobile_sam_export, cutie_onnx_export, serve_models, small_clip):
+    server = subprocess.Popen([sys.executable, "-m", "maskml", "serve", "--backend", "onnxruntime", "--port", "0",
+                               "--checkpoint", str(mobile_sam_export), "--tracker-checkpoint", str(cutie_onnx_export)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        base = re.search(r"open (http://127\.0\.0\.1:\d+/)", server.stdout.readline()).group(1)
+
+        def call(path: str, body=None, data=None, method="POST"):
+            data = json.dumps(body).encode() if body is not None else data
+            request = urllib.request.Request(base + path, data=data, method=method,
+                                             headers={"Content-Type": "application/json"})
+            return urllib.request.urlopen(request, timeout=300)
+
+        session = json.load(call("api/sessions?filename=clip.mp4", data=small_clip.read_bytes()))
+        path = f"api/sessions/{session['id']}"
+        call(f"{path}/prompts", {"object": 1, "frame": 0, "point": [80, 48]})
+        with call(f"{path}/track") as stream:
+            assert json.loads(stream.read().decode().splitlines()[-1]) == {"finished": True}
+        served = [frame_ids(json.load(call(f"{path}/frames/{i}/masks", method="GET"))) for i in range(10)]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    manager = SessionManager(*serve_models)
+    try:
+        session = opened(manager, small_clip, "clip.mp4")
+        session.add_prompt(0, 1, point=(80, 48))
+        list(session.track())
+        for i, ids in enumerate(served):
+            want = session.labels(i) == 1
+            iou = ((ids == 1) & want).sum() / max(((ids == 1) | want).sum(), 1)
+            assert want.any() and iou >= 0.9, f"frame {i}: IoU {iou:.3f} with PyTorch's masks"
+    finally:
+        manager.shutdown()

@@ -15,6 +15,7 @@ from PIL import Image
 from maskml.cli import main
 from maskml.io.draw import palette_color
 from maskml.serve import Limits, SessionManager, create_app, running_server
+from conftest import FIXTURES
 from test_serve import frame_ids
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -86,6 +87,31 @@ def click(page, x: float, y: float, button: str = "left") -> None:
     assert page.locator("#message").get_attribute("class") != "error", page.locator("#message").inner_text()
 
 
+def retracked(page) -> None:
+    """Wait for the re-track a change schedules to run and finish."""
+    page.wait_for_function("window.maskml.session.stale_from === null && !window.maskml.tracking"
+                           " && window.maskml.retrack === null")
+    settle(page)
+    assert page.locator("#message").inner_text().startswith("Tracked"), page.locator("#message").inner_text()
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> Path:
+    """The judo frames at 160x96 back and forth, 55 frames: tracking it lasts long enough to cancel."""
+    import cv2
+
+    from maskml.io.video import VideoWriter
+
+    frames = sorted((FIXTURES / "cutie" / "inputs" / "images" / "judo").glob("*.jpg"))
+    order = (list(range(10)) + list(range(8, 0, -1))) * 3 + [0]
+    clip = tmp_path_factory.mktemp("long_clip") / "judo_long.mp4"
+    with VideoWriter(clip, fps=10, size=(160, 96), codecs=("mp4v",)) as video:
+        for index in order:
+            image = np.array(Image.open(frames[index]).convert("RGB"))
+            video.write(cv2.resize(image, (160, 96), interpolation=cv2.INTER_AREA))
+    return clip
+
+
 def test_a_click_draws_the_mask_on_the_canvas(page, small_judo):
     open_file(page, small_judo / "00000.png")
     plain = canvas_pixels(page)
@@ -126,10 +152,8 @@ def test_track_correct_and_export_as_maskml_track(page, small_clip, tmp_path, sa
     page.click("#objects li[data-id='1']")
     click(page, 40, 60)
     assert page.evaluate("window.maskml.session.stale_from") == 5
-    page.click("#track")
-    page.wait_for_function("window.maskml.session.stale_from === null && !window.maskml.tracking")
-    settle(page)
-    assert "Tracked" in page.locator("#message").inner_text()
+    retracked(page)  # by itself, from frame 5
+    assert page.evaluate("window.maskml.session.prompts.length") == 3
 
     exported = tmp_path / "app"
     for name in ("masks.zip", "annotations.json", "overlay"):
@@ -185,3 +209,30 @@ def test_refusals_are_shown_in_the_page(browser, serve_models, tmp_path):
         assert second.locator("#message").inner_text().startswith("Too many sessions: this server holds 1 sessions")
         for page in pages:
             page.context.close()
+
+
+def test_cancel_keeps_the_frames_done_and_a_click_while_tracking_corrects_and_re_tracks(page, long_clip):
+    open_file(page, long_clip)
+    frames = page.evaluate("window.maskml.session.frames")
+    assert frames == 55
+    click(page, 80, 48)
+    page.click("#track")
+    page.wait_for_function("document.querySelector('#progress').value >= 2")
+    page.click("#cancel")
+    settle(page)
+    assert page.locator("#message").inner_text().startswith("Tracking cancelled at frame")
+    cancelled_at = page.evaluate("window.maskml.session.stale_from")
+    assert 2 <= cancelled_at < frames
+    page.locator("#frame").fill("1")  # a frame tracked before the cancel keeps its masks
+    page.wait_for_function("window.maskml.frame === 1")
+    settle(page)
+    masks = page.evaluate("window.maskml.masks")
+    assert not masks["stale"] and [o["id"] for o in masks["objects"]] == [1]
+
+    page.click("#track")  # goes on from the cancelled frame; a click on frame 1 stops it, corrects, re-tracks
+    page.wait_for_function("window.maskml.tracking && document.querySelector('#progress').value >= 1")
+    click(page, 60, 40)
+    assert page.evaluate("window.maskml.session.prompts.map(p => [p.frame, p.points.length])") == [[0, 1], [1, 1]]
+    retracked(page)
+    done, total = page.evaluate("[document.querySelector('#progress').value, document.querySelector('#progress').max]")
+    assert done == total >= frames - 1  # re-tracked from frame 1 (or the tracker state saved before it) to the end

@@ -11,12 +11,12 @@ EPILOG = """examples:
   maskml serve                                       then open http://127.0.0.1:8000/
   maskml serve --model sam_vit_b --tracker cutie_base --port 8080
   maskml serve --host 0.0.0.0 --max-sessions 4       reachable from other machines: open the printed ?token= address
-  maskml serve --backend onnxruntime --checkpoint exported/mobile_sam/
+  maskml serve --backend onnxruntime --checkpoint exported/mobile_sam/ --tracker-checkpoint exported/cutie_small/
 
 In the page: open an image or a video (or drop it on the page); left click = a point on the object,
 right click (or shift + click) = a background point, drag = a box; n = a new object, z = undo. Track
-carries the objects through the video; a click on any frame corrects the object there, and the next
-Track starts from that frame. Exports are the files `maskml track --out --coco --overlay` writes.
+carries the objects through the video; once tracked, a click on any frame corrects the object there
+and tracking starts again from that frame by itself. Exports are the files `maskml track --out --coco --overlay` writes.
 
 By default the server answers on 127.0.0.1 only. Any other --host needs an access token: one is made
 at start (or give --token) and printed in the address to open; every request must carry it (the page
@@ -33,8 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = a free one)")
     p.add_argument("--model", default="mobile_sam", help="image model for the clicks (default mobile_sam)")
     p.add_argument("--checkpoint", help="its checkpoint file (default: the official file from the cache)")
-    p.add_argument("--tracker", default="cutie_small", help="video tracker: cutie_small (default) or cutie_base")
-    p.add_argument("--tracker-checkpoint", help="its checkpoint file (default: the official file)")
+    p.add_argument("--tracker", default="cutie_small",
+                   help="video tracker: cutie_small (default) or cutie_base")
+    p.add_argument("--tracker-checkpoint", help="its checkpoint file (default: the official file; with --backend "
+                                                "onnxruntime, its maskml export folder)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="tracker option by its official name, e.g. mem_every=3 (repeatable)")
     add_backend_arguments(p)
@@ -68,8 +70,7 @@ def run(args) -> None:
     except ModuleNotFoundError as exc:
         raise MaskmlError(f"maskml serve needs {exc.name}, from the app extra: pip install 'maskml[app]'") from None
     import maskml
-    from maskml.cli.track import parse_options, tracker_family
-    from maskml.predict.cutie.tracker import resolve_options
+    from maskml.cli.track import check_tracker_options, parse_options, tracker_family
     from maskml.serve.app import create_app
     from maskml.serve.server import bind, is_loopback, server_for, url_of
     from maskml.serve.sessions import SessionManager
@@ -77,18 +78,20 @@ def run(args) -> None:
     args.on_interrupt = "stopped; the sessions' files are deleted"  # Ctrl-C is how it ends
     limits = limits_of(args)
     options = parse_options(args.option)
-    if tracker_family(args.tracker) != "cutie":
+    if tracker_family(args.tracker, "--tracker", "--model") != "cutie":
+        # maskml track runs a SAM 2 model over a file as a VideoSession (prompts on any frame, propagation both
+        # ways); the sessions here track forward frame by frame, so their exports would not be its files
         raise MaskmlError(f"--tracker {args.tracker}: maskml serve tracks with Cutie (cutie_small, cutie_base); "
                           f"SAM 2 video sessions are not served yet (use maskml track or maskml demo for them)")
-    resolve_options(options)  # a wrong --option fails before the models load
+    check_tracker_options(args.tracker, options, "--tracker", "--model")  # a wrong --option fails before the models load
     if args.token is not None and not args.token.strip():
         raise MaskmlError("--token is empty: give a token, or leave the option out")
     token = args.token or (None if is_loopback(args.host) else secrets.token_urlsafe(24))
     sock = bind(args.host, args.port)  # first, so a port in use is said before the models load
     try:
-        prompter = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device,
-                                     **backend_options(args))
-        tracker = maskml.load_model(args.tracker, checkpoint=args.tracker_checkpoint, device=args.device)
+        backend = backend_options(args)
+        prompter = maskml.load_model(args.model, checkpoint=args.checkpoint, device=args.device, **backend)
+        tracker = maskml.load_model(args.tracker, checkpoint=args.tracker_checkpoint, device=args.device, **backend)
         manager = SessionManager(prompter, tracker, limits, tracker_options=options)
         app = create_app(manager, token, models=f"{args.model} + {args.tracker}")
         wildcard = args.host in ("0.0.0.0", "::", "")

@@ -38,8 +38,8 @@ from maskml.io.masks import read_mask, write_mask
 from maskml.io.rle import encode_objects
 from maskml.io.video import VIDEO_SUFFIXES, open_video
 from maskml.predict.checks import DEFAULT_MAX_OBJECTS
-from maskml.predict.cutie.tracker import TrackerOutput, VideoTracker
-from maskml.predict.pipeline import Pipeline, Prompt
+from maskml.predict.cutie.tracker import TrackerOutput
+from maskml.predict.pipeline import Pipeline, Prompt, tracker_for
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 EXPORTS = ("masks.zip", "annotations.json", "overlay.mp4", "overlay.png")
@@ -248,7 +248,7 @@ class Session:
         # One pipeline makes the clicks' masks and tracks: a frame embedded for clicks is not embedded again
         # when tracking reaches it (the pipeline knows a frame by its array: `embedded` keeps that array).
         # An image needs no tracker: its pipeline only segments.
-        tracker = VideoTracker(manager.tracker, **manager.tracker_options) if self.kind == "video" else None
+        tracker = tracker_for(manager.tracker, **manager.tracker_options) if self.kind == "video" else None
         self.pipeline = Pipeline(tracker, manager.prompter)
         self.embedded: tuple[int, np.ndarray] | None = None  # (index, frame) the pipeline holds the embedding of
         self.snapshots: dict[int, tuple] = {}  # frame -> (tracker, object ids) before that frame was tracked

@@ -3,8 +3,9 @@
 
 const $ = (selector) => document.querySelector(selector);
 const ALPHA = 0.5;  // mask tint, as maskml's overlays
-const DRAG_PIXELS = 5;
-const EMBED_AFTER_MS = 250;  // a press and release closer than this (screen pixels) is a click, farther a box
+const DRAG_PIXELS = 5;  // a press and release closer than this (screen pixels) is a click, farther a box
+const EMBED_AFTER_MS = 250;  // a frame shown this long gets its embedding computed ahead of clicks
+const RETRACK_AFTER_MS = 700;  // a correction re-tracks once no further click came for this long
 
 const state = {
   session: null,  // the API's description of the session
@@ -13,7 +14,9 @@ const state = {
   masks: null,  // the API's masks of the shown frame
   image: null,  // the shown frame, an <img>
   plain: null,  // its pixels, before masks are drawn
-  tracking: null,  // {controller} while tracking
+  tracking: null,  // {finished: a promise} while tracking
+  tracked: false,  // tracked once: from then on a change re-tracks by itself
+  retrack: null,  // the timer of the re-track a change scheduled
   busy: 0,  // requests under way (tests wait for 0)
 };
 window.maskml = state;
@@ -71,13 +74,14 @@ function paletteColor(index) {
 // ---- opening a file ------------------------------------------------------------------------------
 
 async function open(file) {
-  if (state.tracking) return say("Cancel the tracking before opening another file", true);
+  await stopTracking();
   say(`Uploading ${file.name} ...`);
   try {
     const session = await json(`/api/sessions?filename=${encodeURIComponent(file.name)}`, {method: "POST", body: file});
     closeSession();
     state.session = session;
     state.object = 1;
+    state.tracked = false;
     $("#drop").hidden = true;
     $("#canvases").hidden = $("#panel").hidden = false;
     $("#timeline").hidden = $("#tracking").hidden = session.kind !== "video";
@@ -200,7 +204,7 @@ function framePixel(event) {  // mouse position in whole pixels of the frame
 }
 
 async function prompt(body) {
-  if (state.tracking) return say("Tracking is under way: cancel it to click", true);
+  await stopTracking();  // a correction while tracking: the frames done stay, tracking resumes after it
   try {
     state.masks = await json(sessionPath("/prompts"), {
       method: "POST", headers: {"Content-Type": "application/json"},
@@ -208,11 +212,29 @@ async function prompt(body) {
     });
     await refreshSession();
     draw();
-    say(`Object ${state.object} on frame ${state.frame}` +
-        (state.session.kind === "video" ? ": Track carries it through the video." : "."));
+    const video = state.session.kind === "video";
+    say(`Object ${state.object} on frame ${state.frame}` + (!video ? "." : state.tracked ?
+        ": re-tracking from here ..." : ": Track carries it through the video."));
   } catch (error) {
     fail(error);
   }
+  retrackSoon();
+}
+
+function retrackSoon() {  // after a change to a tracked video: track again once the clicks pause
+  clearTimeout(state.retrack);
+  if (state.tracked && state.session && state.session.kind === "video" && state.session.stale_from !== null) {
+    state.retrack = setTimeout(() => { state.retrack = null; track(); }, RETRACK_AFTER_MS);
+  }
+}
+
+async function stopTracking() {
+  clearTimeout(state.retrack);
+  state.retrack = null;
+  if (!state.tracking) return;
+  const finished = state.tracking.finished;
+  await cancel();
+  await finished;
 }
 
 function onPress(event) {
@@ -244,6 +266,7 @@ function onRelease(event) {
 
 async function undo() {
   if (!state.session) return;
+  await stopTracking();
   try {
     const masks = await json(sessionPath("/undo"), {method: "POST"});
     await refreshSession();
@@ -253,6 +276,7 @@ async function undo() {
   } catch (error) {
     fail(error);
   }
+  retrackSoon();
 }
 
 // ---- objects -------------------------------------------------------------------------------------
@@ -320,6 +344,7 @@ async function rename(id, name) {
 }
 
 async function deleteObject(id) {
+  await stopTracking();
   try {
     state.session = await json(sessionPath(`/objects/${id}`), {method: "DELETE"});
     renderObjects();
@@ -328,21 +353,28 @@ async function deleteObject(id) {
   } catch (error) {
     fail(error);
   }
+  retrackSoon();
 }
 
 // ---- tracking ------------------------------------------------------------------------------------
 
-async function track() {
+function track() {
   if (!state.session || state.tracking) return;
-  const controller = new AbortController();
-  state.tracking = {controller};
+  clearTimeout(state.retrack);
+  state.retrack = null;
+  let finish;
+  state.tracking = {finished: new Promise((resolve) => { finish = resolve; })};
+  return streamTracking().finally(finish);
+}
+
+async function streamTracking() {
   $("#track").disabled = true;
   $("#cancel").disabled = false;
   const progress = $("#progress");
   progress.value = 0;
   let last = null;
   try {
-    const response = await api(sessionPath("/track"), {method: "POST", signal: controller.signal});
+    const response = await api(sessionPath("/track"), {method: "POST"});
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
@@ -357,16 +389,16 @@ async function track() {
         if (last.total) progress.max = last.total;
         if (last.start !== undefined) say(`Tracking from frame ${last.start} ...`);
         if (last.done) {
+          state.tracked = true;
           progress.value = last.done;
           $("#track-status").textContent = `frame ${last.frame} (${last.done} / ${last.total})`;
         }
       }
     }
-    say(last && last.finished ? "Tracked: scrub the frames; a click on any frame corrects the object there." :
+    say(last && last.finished ? "Tracked: scrub the frames; a click on any frame corrects the object there and re-tracks from it." :
         `Tracking cancelled at frame ${last ? last.frame : "?"}: the frames before are kept`);
   } catch (error) {
-    if (error.name === "AbortError") say("Tracking cancelled: the frames done are kept");
-    else fail(error);
+    fail(error);
   } finally {
     state.tracking = null;
     $("#track").disabled = false;
