@@ -56,6 +56,13 @@ def test_gradients_reach_every_parameter_and_steps_follow_the_seeds(synth):
     assert {f"query_l{level}_ce" for level in range(4)} <= set(out)  # the transformer's 3 blocks + its input
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert [n for n, g in grads.items() if g is None] == []
+    # as in Cutie's training, the encoders' BatchNorm keeps its statistics (inference uses the same ones)
+    # while its scale and shift learn
+    assert model.training and not model.pixel_encoder.training and not model.mask_encoder.training
+    norms = {n: b for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var"))}
+    assert norms and all(n.startswith(("pixel_encoder.", "mask_encoder.")) for n in norms)
+    assert all((b == (0 if n.endswith("mean") else 1)).all() for n, b in norms.items())  # fresh weights' statistics
+    assert grads["pixel_encoder.bn1.weight"].abs().sum() > 0 and grads["mask_encoder.layer3.1.bn2.bias"].abs().sum() > 0
     for part in ("pixel_encoder", "key_proj", "mask_encoder", "mask_decoder", "pixel_fuser", "object_transformer",
                  "object_summarizer", "aux_computer", "object_transformer.mask_pred.3"):
         assert any(g.abs().sum() > 0 for n, g in grads.items() if n.startswith(part)), part

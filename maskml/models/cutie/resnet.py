@@ -96,6 +96,12 @@ class ResNetTrunk(ConvBNCache):
         self.layer3, planes = make_layer(block, planes, 256, depths[2], stride=2)
         self.out_dims = (planes, planes // 2, planes // 4)  # stride 16, 8, 4
 
+    def train(self, mode: bool = True):
+        """Always in eval mode, in training too: BatchNorm normalises with its stored statistics (those of the
+        weights loaded) and only its scale and shift learn, as in Cutie's own training; batch statistics of
+        a few correlated frames would also differ from what inference then uses."""
+        return super().train(False)
+
     @property
     def first_layer(self) -> nn.Sequential:
         return getattr(self, self.first_layer_name)
