@@ -63,6 +63,8 @@ def main() -> None:
     p.add_argument("--prob-box", type=float, default=0.25, help="share of box-prompted clips (the recipe's 0.25)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--clip-grad", type=float, default=1.0)
+    p.add_argument("--train-encoder", action="store_true",
+                   help="train the image encoder too (default: frozen, its random features as they are)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a CPU shared with other work, more threads wait on each other)")
     p.add_argument("--log-every", type=int, default=10)
@@ -73,7 +75,7 @@ def main() -> None:
     train_root, val = synthetic_videos(args, args.out)
     recipe = Sam2Video(config(train_root, args))
     model = recipe.build_model()
-    model.image_encoder.requires_grad_(False)
+    model.image_encoder.requires_grad_(args.train_encoder)
     train = recipe.train_dataset()
     optimizer = torch.optim.AdamW(recipe.param_groups(model))
     params = [q for g in optimizer.param_groups for q in g["params"]]
@@ -84,7 +86,7 @@ def main() -> None:
         with torch.no_grad():
             score = evaluate_videos(lambda frames, first: track_video(model, frames, first), val)["J&F"]
         model.train()
-        model.image_encoder.eval()
+        model.image_encoder.train(args.train_encoder)
         return score
 
     wall_start = time.perf_counter()
@@ -99,7 +101,7 @@ def main() -> None:
     next_eval = args.eval_every * 60
     step, epoch_order, running = 0, [], []
     model.train()
-    model.image_encoder.eval()
+    model.image_encoder.train(args.train_encoder)
     while trained_seconds < budget:
         step_start = time.perf_counter()
         item, = next_items(train, epoch_order, step, 1, seed_stride=100003)
@@ -133,7 +135,8 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
         f.write(f"# predict-nothing J&F,{nothing:.4f}\n")
-    title = (f"sam2.1_hiera_t from random weights (encoder frozen), {args.image_size} px, synthetic videos\n"
+    encoder = "encoder trained" if args.train_encoder else "encoder frozen"
+    title = (f"sam2.1_hiera_t from random weights ({encoder}), {args.image_size} px, synthetic videos\n"
              f"held-out J&F {untrained:.3f} -> {final:.3f} in {step} clips; hold-first-mask {baseline:.3f}, "
              f"predict nothing {nothing:.3f}")
     draw_curve(rows, args.out / "curve.png", title, "J&F",
