@@ -148,6 +148,13 @@ def draw_curve(rows: list[dict], path: Path, title: str, metric: str, legend: st
     cv2.imwrite(str(path), img)
 
 
+def budget_rate(step: int, trained_seconds: float, budget_seconds: float, decay_at: float, warmup: int = 20) -> float:
+    """The training benchmarks' learning-rate factor: a linear warm-up over `warmup` steps, then 1, then 0.1
+    from `decay_at` of the time budget on (the official step schedules' last drop, e.g. Cutie's 100000 of
+    125000 steps; decay_at >= 1: never)."""
+    return min(1.0, (step + 1) / warmup) * (0.1 if trained_seconds >= decay_at * budget_seconds else 1.0)
+
+
 def next_items(dataset, order: list, step: int, batch: int, seed_stride: int = 1000) -> list:
     """The training benchmarks' batches: `batch` samples of `dataset` in an order reshuffled each epoch (from
     the step), each drawn with the seed (step * seed_stride + index); `order` is the epoch's remaining order."""

@@ -17,6 +17,8 @@ PHOTOS = ("examples", "../shared/data/images")  # real photos for cut-outs and b
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None, help="folder of the synthetic videos (default: OUT/data)")
     p.add_argument("--train-videos", type=int, default=48)
+    p.add_argument("--train-candidates", type=int, default=160,
+                   help="videos generated for training; the first --train-videos whose objects stay in view train")
     p.add_argument("--val-videos", type=int, default=8)
     p.add_argument("--min-visible", type=float, default=0.75,
                    help="held-out videos: each first-frame object annotated in at least this share of the frames")
@@ -38,17 +40,20 @@ def tracked_videos(videos, count: int, min_visible: float) -> HeldOutVideos:
     return HeldOutVideos(kept)
 
 
-def synthetic_videos(args, out: Path) -> tuple[Path, HeldOutVideos]:
-    """(the training videos' folder, the held-out videos), generated under args.data or out/data if needed:
-    --val-videos kept of four times as many held-out videos (see tracked_videos)."""
+def synthetic_videos(args, out: Path) -> tuple[list, HeldOutVideos]:
+    """(the training videos, the held-out videos), generated under args.data or out/data if needed. Both are
+    chosen alike (see tracked_videos): --train-videos of --train-candidates, --val-videos of four times as many
+    held-out videos (another seed)."""
     width, height = (int(v) for v in args.video_size.split("x"))
     photos = [p for p in PHOTOS if Path(p).is_dir()]
     data = args.data or out / "data"
-    train_root, val_root = data / f"train_{args.train_videos}", data / f"val_{args.val_videos * 4}"
+    train_root, val_root = data / f"train_{args.train_candidates}", data / f"val_{args.val_videos * 4}"
     common = dict(width=width, height=height, frames=args.video_frames, min_objects=1, max_objects=3, photos=photos)
-    generate(train_root, SynthConfig(videos=args.train_videos, seed=1, **common), progress=False)
+    generate(train_root, SynthConfig(videos=args.train_candidates, seed=1, **common), progress=False)
     generate(val_root, SynthConfig(videos=args.val_videos * 4, seed=2, **common), progress=False)
-    return train_root, tracked_videos(open_videos(val_root)[0], args.val_videos, args.min_visible)
+    train = tracked_videos(open_videos(train_root)[0], args.train_videos, args.min_visible).videos
+    print(f"training on {len(train)} of {args.train_candidates} videos", flush=True)
+    return train, tracked_videos(open_videos(val_root)[0], args.val_videos, args.min_visible)
 
 
 def predict_nothing(frames: torch.Tensor, first: torch.Tensor) -> torch.Tensor:

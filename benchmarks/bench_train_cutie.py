@@ -27,19 +27,19 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from _common import draw_curve, next_items
-from _synthetic_videos import PHOTOS, predict_nothing, tracked_videos
+from _common import budget_rate, draw_curve, next_items
+from _synthetic_videos import add_arguments, predict_nothing, synthetic_videos
 from maskml.io.images import atomic_path
 from maskml.train.data.synth import SynthConfig, generate
-from maskml.train.data.video import VideoClips, open_videos
+from maskml.train.data.video import VideoClips
 from maskml.train.recipes.cutie import CutieRecipe
 from maskml.train.video_eval import evaluate_videos, hold_first_mask, tracker_fn
 
-def config(train_root: Path, args) -> OmegaConf:
+def config(data_root: Path, args) -> OmegaConf:
     return OmegaConf.create({
         "seed": 0,
         "model": {"name": "cutie_small", "checkpoint": None},
-        "data": {"root": str(train_root), "layout": "auto", "max_gap": args.max_gap, "val_videos": 0,
+        "data": {"root": str(data_root), "layout": "auto", "max_gap": args.max_gap, "val_videos": 0,
                  "val_root": None, "on_error": "skip"},
         "optim": {"lr": args.lr, "weight_decay": 0.001},
         "recipe": {"stage": "main", "num_frames": args.frames, "num_ref_frames": 3, "max_objects": 3,
@@ -84,14 +84,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/bench_train_cutie"))
     p.add_argument("--minutes", type=float, default=30.0, help="training budget (evaluations not counted)")
     p.add_argument("--eval-every", type=float, default=6.0, help="training minutes between evaluations")
-    p.add_argument("--train-videos", type=int, default=48)
-    p.add_argument("--train-candidates", type=int, default=160,
-                   help="videos generated for training; the first --train-videos whose objects stay in view train")
-    p.add_argument("--val-videos", type=int, default=8)
-    p.add_argument("--min-visible", type=float, default=0.75,
-                   help="held-out videos: each first-frame object annotated in at least this share of the frames")
-    p.add_argument("--video-size", default="96x72", help="WIDTHxHEIGHT of the synthetic videos")
-    p.add_argument("--video-frames", type=int, default=16)
+    add_arguments(p)
     p.add_argument("--size", type=int, default=64, help="training crop side (the recipe's 480)")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (the recipe's 8)")
     p.add_argument("--points", type=int, default=2048, help="sampled points per frame (the recipe's 12544)")
@@ -100,6 +93,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--backbone-lr-ratio", type=float, default=1.0,
                    help="the recipe's 0.1 protects a pretrained backbone; from random weights it learns at lr")
+    p.add_argument("--decay-at", type=float, default=0.8,
+                   help="share of the time budget after which the rate drops to a tenth (the official step schedule)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a CPU shared with other work, more threads wait on each other)")
     p.add_argument("--log-every", type=int, default=10)
@@ -111,25 +106,13 @@ def main() -> None:
         raise SystemExit(gpu_figures(args))
     torch.set_num_threads(args.threads)
 
-    width, height = (int(v) for v in args.video_size.split("x"))
-    photos = [p for p in PHOTOS if Path(p).is_dir()]
-    data = args.out / "data"
-    train_root, val_root = data / f"train_{args.train_candidates}", data / f"val_{args.val_videos * 4}"
-    common = dict(width=width, height=height, frames=args.video_frames, min_objects=1, max_objects=3, photos=photos)
-    generate(train_root, SynthConfig(videos=args.train_candidates, seed=1, **common), progress=False)
-    generate(val_root, SynthConfig(videos=args.val_videos * 4, seed=2, **common), progress=False)
-    recipe = CutieRecipe(config(train_root, args))
+    train_videos, val = synthetic_videos(args, args.out)
+    recipe = CutieRecipe(config(args.data or args.out / "data", args))  # its clips are made here, from train_videos
     model = recipe.build_model().train()
-    # the training videos are chosen as the held-out ones are (objects that stay in view): the recipe's clips
-    # from them, with the recipe's settings
-    train_videos = tracked_videos(open_videos(train_root)[0], args.train_videos, args.min_visible).videos
     s = recipe.settings
     train = VideoClips(train_videos, s["num_frames"], s["max_objects"], s["size"], max_gap=args.max_gap)
-    print(f"training on {len(train_videos)} of {args.train_candidates} videos", flush=True)
-    val = tracked_videos(open_videos(val_root)[0], args.val_videos, args.min_visible)
     optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=args.lr)
     params = [q for group in optimizer.param_groups for q in group["params"]]
-    warmup = 20
 
     def evaluate() -> float:
         model.eval()
@@ -157,7 +140,7 @@ def main() -> None:
         tick = time.perf_counter()
         items = next_items(train, order, step, args.batch)
         for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * min(1.0, (step + 1) / warmup)
+            group["lr"] = group["base_lr"] * budget_rate(step, trained_seconds, budget, args.decay_at)
         out = recipe.training_step(model, items)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from _common import draw_curve, next_items
+from _common import budget_rate, draw_curve, next_items
 from _synthetic_videos import add_arguments, predict_nothing, synthetic_videos
 from maskml.train.recipes.sam2_video import Sam2Video, track_video
 from maskml.train.video_eval import evaluate_videos, hold_first_mask
@@ -31,13 +31,13 @@ from maskml.train.video_eval import evaluate_videos, hold_first_mask
 CONFIGS = Path(__file__).resolve().parents[1] / "maskml" / "configs"
 
 
-def config(train_root: Path, args) -> OmegaConf:
+def config(data_root: Path, args) -> OmegaConf:
     recipe_config = OmegaConf.load(CONFIGS / "recipe" / "sam2_video.yaml")
     recipe = OmegaConf.merge(recipe_config.recipe, {
         "num_frames": args.frames, "max_objects": args.objects, "prob_mask": args.prob_mask,
         "prob_box": args.prob_box, "corrections_per_frame": args.corrections})
     data = OmegaConf.merge(OmegaConf.load(CONFIGS / "data" / "synth_video.yaml"), recipe_config.data,
-                           {"root": str(train_root)})
+                           {"root": str(data_root)})
     return OmegaConf.create({
         "seed": 0,
         "model": {"name": "sam2.1_hiera_t", "checkpoint": args.checkpoint, "image_size": args.image_size},
@@ -65,6 +65,8 @@ def main() -> None:
     p.add_argument("--clip-grad", type=float, default=1.0)
     p.add_argument("--train-encoder", action="store_true",
                    help="train the image encoder too (default: frozen, its random features as they are)")
+    p.add_argument("--decay-at", type=float, default=0.8,
+                   help="share of the time budget after which the rate drops to a tenth (the official step schedule)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a CPU shared with other work, more threads wait on each other)")
     p.add_argument("--log-every", type=int, default=10)
@@ -72,14 +74,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    train_root, val = synthetic_videos(args, args.out)
-    recipe = Sam2Video(config(train_root, args))
+    train_videos, val = synthetic_videos(args, args.out)
+    recipe = Sam2Video(config(args.data or args.out / "data", args))
     model = recipe.build_model()
     model.image_encoder.requires_grad_(args.train_encoder)
-    train = recipe.train_dataset()
+    train = recipe.clips(train_videos)  # the recipe's clips of the videos bench_train_cutie trains on
     optimizer = torch.optim.AdamW(recipe.param_groups(model))
     params = [q for g in optimizer.param_groups for q in g["params"]]
-    warmup = 20
 
     def evaluate() -> float:
         model.eval()
@@ -106,7 +107,7 @@ def main() -> None:
         step_start = time.perf_counter()
         item, = next_items(train, epoch_order, step, 1, seed_stride=100003)
         for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * min(1.0, (step + 1) / warmup)
+            group["lr"] = group["base_lr"] * budget_rate(step, trained_seconds, budget, args.decay_at)
         out = recipe.training_step(model, [item])
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()

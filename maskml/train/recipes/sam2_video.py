@@ -148,10 +148,14 @@ class Sam2Video(Recipe):
         return self._videos
 
     def train_dataset(self):
+        return self.clips(self._split()[0])
+
+    def clips(self, videos: list):
+        """The recipe's training clips of `videos` (VideoRecords): in time order, at the model's input size."""
         from maskml.train.data.video import VideoClips
 
         d = self.cfg.data
-        return VideoClips(self._split()[0], num_frames=self.num_frames, max_objects=self.max_objects,
+        return VideoClips(videos, num_frames=self.num_frames, max_objects=self.max_objects,
                           size=int(self.cfg.model.image_size), max_gap=int(d.max_gap), reverse=0.0,
                           on_error=d.on_error)
 
