@@ -39,6 +39,40 @@ def stand_in_checkpoint(name: str, folder: Path) -> Path:
     return write_parity_checkpoint(FIXTURES / "sam" / manifests[name], folder / f"{name}.pt")
 
 
+def page_click_ms(url: str, image: Path, x: float, y: float, runs: int) -> list[float]:
+    """ms from a mouse click on the page's canvas until the page has drawn the new mask (the click's request
+    answered and the canvas repainted: window.maskml.busy back to 0 with one more click recorded), each click
+    undone after, in headless Chromium (/usr/bin/chromium, driven by Playwright)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        page.set_input_files("#file", str(image))
+        page.wait_for_function("window.maskml.masks !== null && window.maskml.busy === 0")
+        page.evaluate("fetch(`/api/sessions/${window.maskml.session.id}/frames/0/embed`, {method: 'POST'})")
+        page.wait_for_function("window.maskml.busy === 0")
+        time.sleep(2)  # the page's own embed request, if it came after ours
+        box = page.locator("#marks").bounding_box()
+        width, height = page.evaluate("[window.maskml.session.width, window.maskml.session.height]")
+        at = (box["x"] + (x + 0.5) * box["width"] / width, box["y"] + (y + 0.5) * box["height"] / height)
+        times = []
+        for run in range(runs + 1):
+            start = time.perf_counter()
+            page.mouse.click(*at)
+            page.wait_for_function("window.maskml.busy === 0 && window.maskml.session.prompts.length === 1",
+                                   polling=1)
+            if run:
+                times.append(1000 * (time.perf_counter() - start))
+            page.keyboard.press("z")
+            page.wait_for_function("window.maskml.busy === 0 && window.maskml.session.prompts.length === 0")
+        browser.close()
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mobile_sam")
@@ -47,6 +81,8 @@ def main() -> None:
     parser.add_argument("--point", default="500,375", help="X,Y of the click (default 500,375: the truck)")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--browser", action="store_true",
+                        help="also time click -> mask drawn in the page, in Debian's Chromium (headless, Playwright)")
     args = parser.parse_args()
 
     import numpy as np
@@ -107,6 +143,7 @@ def main() -> None:
             counts = masks["objects"][0]["counts"] if masks["objects"] else [0]
             pixels, runs = sum(counts[1::2]), len(counts)
             connection.close()
+            drawn = page_click_ms(url, Path(args.image), x, y, args.runs) if args.browser else None
 
     h, w = image.shape[:2]
     median, p90 = statistics.median(times), float(np.percentile(times, 90))
@@ -119,9 +156,14 @@ def main() -> None:
     print(f"| click -> mask, HTTP round trip (90th percentile) | {p90:.1f} |")
     print(f"| decoder alone (ImagePredictor.predict, median) | {statistics.median(decoder_times):.1f} |")
     print(f"| what the server adds (median of round trip - decoder) | {overhead:.1f} |")
+    if drawn:
+        print(f"| click -> mask drawn in the page, Chromium (median) | {statistics.median(drawn):.1f} |")
+        print(f"| click -> mask drawn in the page, Chromium (90th percentile) | {float(np.percentile(drawn, 90)):.1f} |")
     print(f"| embedding (set_image, median of 3) | {embed_ms:.0f} |")
     print(f"| embedding through the API (POST .../embed, once) | {upload_embed_ms:.0f} |")
-    print(f"target: click -> mask <= {TARGET_MS} ms: {'met' if median <= TARGET_MS else 'NOT met'}")
+    seen = statistics.median(drawn) if drawn else median
+    print(f"target: click -> mask <= {TARGET_MS} ms ({'in the page' if drawn else 'HTTP round trip'}): "
+          f"{'met' if seen <= TARGET_MS else 'NOT met'}")
 
 
 if __name__ == "__main__":
