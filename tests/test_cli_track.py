@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import maskml
-from conftest import FIXTURES, READ_BACK_FOURCCS, video_fourcc, write_parity_checkpoint
+from conftest import FIXTURES, READ_BACK_FOURCCS, sigint_as_in_a_terminal, video_fourcc, write_parity_checkpoint
 from maskml.cli import main
 from maskml.io.masks import read_mask, save_mask
 
@@ -139,7 +139,8 @@ def start_tracking(clip, checkpoint, out, probs, overlay):
     return subprocess.Popen([sys.executable, "-m", "maskml", "track", str(frames), "--model", "cutie_small",
                              "--checkpoint", str(checkpoint), "--mask-dir", str(masks), "--out", str(out),
                              "--probs", str(probs), "--overlay", str(overlay)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_in_a_terminal)
 
 
 def wait_for_frames(process, out, count: int) -> None:

@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 import train_toy  # importing it registers the toy recipe
+from conftest import sigint_as_in_a_terminal
 from maskml.cli import main as cli_main
 from maskml.configs import compose_train_config
 from maskml.errors import MaskmlError
@@ -251,7 +252,7 @@ def test_ctrl_c_stops_with_one_line_and_the_run_continues(tmp_path):
     out = tmp_path / "run"
     command = train_toy.toy_command(out, ["trainer.max_steps=40", "recipe.step_seconds=0.1", "trainer.ckpt_every=1"])
     process = subprocess.Popen(command, env=train_toy.subprocess_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal)
     while not (out / "checkpoints" / "last.pt").is_file():
         assert process.poll() is None
         time.sleep(0.05)
