@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from _common import draw_curve, next_items
+from _common import budget_rate, draw_curve, next_items
 from maskml.eval.interactive import evaluate_interactive
 from maskml.train.data.dataset import EvalDataset
 from maskml.train.data.readers import open_source
@@ -91,7 +91,6 @@ def main() -> None:
     val = EvalDataset(open_source(val_root / "images"), max_images=args.val_images)
     params = [q for q in model.parameters() if q.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    warmup = 20
 
     def evaluate() -> float:
         model.eval()
@@ -124,7 +123,7 @@ def main() -> None:
             continue
         items = next_items(train, epoch_order, step, args.batch)
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / warmup)
+            group["lr"] = args.lr * budget_rate(step, elapsed, budget, decay_at=1.0)  # warm-up, then constant
         out = recipe.training_step(model, items)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()

@@ -70,7 +70,8 @@ def run(args) -> None:
     except ModuleNotFoundError as exc:
         raise MaskmlError(f"maskml serve needs {exc.name}, from the app extra: pip install 'maskml[app]'") from None
     import maskml
-    from maskml.cli.track import check_tracker_options, parse_options, tracker_family
+    from maskml.cli.track import parse_options, tracker_family
+    from maskml.predict.cutie.tracker import resolve_options
     from maskml.serve.app import create_app
     from maskml.serve.server import bind, is_loopback, server_for, url_of
     from maskml.serve.sessions import SessionManager
@@ -83,7 +84,7 @@ def run(args) -> None:
         # ways); the sessions here track forward frame by frame, so their exports would not be its files
         raise MaskmlError(f"--tracker {args.tracker}: maskml serve tracks with Cutie (cutie_small, cutie_base); "
                           f"SAM 2 video sessions are not served yet (use maskml track or maskml demo for them)")
-    check_tracker_options(args.tracker, options, "--tracker", "--model")  # a wrong --option fails before the models load
+    resolve_options(options)  # a wrong --option fails before the models load
     if args.token is not None and not args.token.strip():
         raise MaskmlError("--token is empty: give a token, or leave the option out")
     token = args.token or (None if is_loopback(args.host) else secrets.token_urlsafe(24))

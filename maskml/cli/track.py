@@ -156,12 +156,12 @@ def load_tracker(args, options: dict, backend: dict | None = None):
     return tracker_for(model, max_objects=args.max_objects, **options)
 
 
-def check_tracker_options(name: str, options: dict, flag: str = "--model", image_flag: str = "--prompter") -> None:
+def check_tracker_options(name: str, options: dict) -> None:
     """MaskmlError for a tracker model name that is not one, or an option its engine does not have."""
     from maskml.predict.cutie.tracker import resolve_options as cutie_options
     from maskml.predict.sam2.session import resolve_options as sam2_options
 
-    (cutie_options if tracker_family(name, flag, image_flag) == "cutie" else sam2_options)(options)
+    (cutie_options if tracker_family(name) == "cutie" else sam2_options)(options)
 
 
 def load_prompter(args):
