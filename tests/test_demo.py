@@ -181,7 +181,11 @@ def test_window_under_xvfb(tmp_path, small_judo, sam_checkpoints, cutie_small_ch
     missing = [tool for tool in ("Xvfb", "xdotool") if subprocess.run(["which", tool], capture_output=True).returncode]
     assert not missing and (GUI_OPENCV / "cv2").is_dir(), \
         f"the window test needs Xvfb, xdotool and {GUI_OPENCV}: `make test` installs them (missing: {missing})"
-    server = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+    # an explicit display with neither a lock file nor a socket: left to choose (-displayfd alone), Xvfb takes
+    # :0 when only a stale /tmp/.X11-unix/X0 of an earlier server remains, and clients then cannot connect
+    free = next(n for n in range(99, 1000)
+                if not Path(f"/tmp/.X{n}-lock").exists() and not Path(f"/tmp/.X11-unix/X{n}").exists())
+    server = subprocess.Popen(["Xvfb", f":{free}", "-displayfd", "1", "-screen", "0", "640x480x24", "-nolisten", "tcp"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     demo = None
     try:
