@@ -18,7 +18,7 @@ from maskml.errors import MaskmlError
 from maskml.train.data.synth import SynthConfig, generate
 from maskml.train.data.video import HeldOutVideos, open_videos, split_videos
 from maskml.train.recipes import get_recipe
-from maskml.train.recipes.cutie import build_cutie_model
+from maskml.train.recipes.cutie import build_cutie_model, gap_schedule
 from maskml.train.video_eval import evaluate_videos, hold_first_mask, tracker_fn
 from train_toy import free_port, subprocess_env
 
@@ -89,11 +89,16 @@ def test_data_sampling_follows_the_official_schedule_and_bad_settings_are_one_cl
     assert clips.gap_schedule == [(0, 5), (100, 10), (300, 15), (800, 5)] and clips.merge_probability == 0.5
     fixed = recipe_for(synth, "recipe.max_gap_schedule=null", "data.max_gap=3", "recipe.merge_probability=0")
     assert fixed.train_dataset().gap_schedule == [(0, 3)] and fixed.train_dataset().merge_probability == 0
+    # the schedule counts full-rate frames: divided per dataset as the official code (DAVIS 2, YouTube-VOS 5)
+    for data, gaps in (("davis", [2, 5, 7, 2]), ("ytvos", [1, 2, 3, 1]), ("mose", [1, 2, 3, 1])):
+        cfg = recipe_for(synth, "trainer.max_steps=1000", f"data={data}").cfg
+        assert [gap for _, gap in gap_schedule(cfg)] == gaps
     bad = [(["recipe.max_gap_schedule=[5,10]"], "max_gap_schedule has 2 gaps but .*fraction 4 fractions"),
            (["recipe.max_gap_schedule_fraction=[0.1,0.2,0.3,0.8]"], "max_gap_schedule_fraction=.*begin at 0.0"),
            (["recipe.max_gap_schedule_fraction=[0.0,0.3,0.1,0.8]"], "max_gap_schedule_fraction=.*increase"),
            (["recipe.max_gap_schedule=[5,0,15,5]"], "max_gap_schedule=.*at least 1"),
            (["recipe.max_gap_schedule=[5,a,15,5]"], "max_gap_schedule=.*list of numbers"),
+           (["data.frame_interval=0"], "data.frame_interval=0: .*at least 1"),
            (["recipe.merge_probability=1.5"], "merge_probability=1.5"),
            (["recipe.stage=pre", "recipe.merge_probability=0.5"], "stage pre pastes the objects of several")]
     for overrides, message in bad:

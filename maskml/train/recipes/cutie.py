@@ -55,10 +55,16 @@ def _numbers(value, setting: str, example: str) -> list[float]:
 def gap_schedule(cfg: DictConfig) -> list[tuple[int, int]] | None:
     """recipe.max_gap_schedule at recipe.max_gap_schedule_fraction of trainer.max_steps -> VideoClips' (first
     step, max_gap) pairs (the official max_skip_schedule: a gap starts at round(fraction x steps)); None when
-    recipe.max_gap_schedule is null (data.max_gap throughout)."""
+    recipe.max_gap_schedule is null (data.max_gap throughout). The schedule counts frames of a full-rate video,
+    so each gap is divided by data.frame_interval (the dataset's frames are that many source frames apart), at
+    least 1, as the official code divides max_skip per dataset."""
     recipe = cfg.recipe
     if recipe.max_gap_schedule is None:
         return None
+    interval = OmegaConf.select(cfg, "data.frame_interval", default=1)
+    if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
+        raise MaskmlError(f"data.frame_interval={interval}: give the number of source frames between two stored "
+                          f"frames of the dataset as a whole number, at least 1 (DAVIS 2, YouTube-VOS and MOSE 5)")
     gaps = _numbers(recipe.max_gap_schedule, "recipe.max_gap_schedule", "[5,10,15,5]")
     fractions = _numbers(recipe.max_gap_schedule_fraction, "recipe.max_gap_schedule_fraction", "[0.0,0.1,0.3,0.8]")
     if len(gaps) != len(fractions):
@@ -69,7 +75,8 @@ def gap_schedule(cfg: DictConfig) -> list[tuple[int, int]] | None:
                           f"each gap starts must begin at 0.0 and increase, below 1.0")
     if any(gap < 1 or gap != int(gap) for gap in gaps):
         raise MaskmlError(f"recipe.max_gap_schedule={gaps}: each gap is a whole number of frames, at least 1")
-    return [(round(fraction * int(cfg.trainer.max_steps)), int(gap)) for fraction, gap in zip(fractions, gaps)]
+    return [(round(fraction * int(cfg.trainer.max_steps)), max(1, int(gap) // interval))
+            for fraction, gap in zip(fractions, gaps)]
 
 
 class LinearPredictor(nn.Module):
