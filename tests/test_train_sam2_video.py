@@ -174,3 +174,13 @@ def test_a_run_trains_only_what_is_not_frozen_and_exports_a_tracker(synth_root, 
     mask[10:30, 20:40] = True
     session.add_mask(0, 1, mask)
     assert [s.frame_idx for s in session.propagate()] == [0, 1]
+
+
+def test_an_untrained_model_starts_from_the_official_initialisation(synth_root):
+    """Training from scratch starts as the official SAM2Base: the learnt embeddings (memory slots, "no memory",
+    "no object") drawn from N(0, 0.02), not zeros (which would make every memory slot and "no object" alike)."""
+    model = get_recipe("sam2_video")(_cfg(synth_root)).build_model()
+    for name in ("maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc", "no_obj_ptr", "no_obj_embed_spatial"):
+        values = getattr(model, name).detach().flatten()
+        assert values.ne(0).all() and 0.01 < float(values.std()) < 0.03, name
+    assert not torch.equal(model.maskmem_tpos_enc[0], model.maskmem_tpos_enc[1])

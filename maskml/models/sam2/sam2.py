@@ -86,6 +86,11 @@ class Sam2(nn.Module):
             self.obj_ptr_tpos_proj = nn.Linear(hidden_dim, mem_dim)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
+        # the official initialisation of the learnt embeddings (a model trained from scratch starts from it);
+        # drawn last, so the other modules' seeded weights do not move
+        for embedding in (self.maskmem_tpos_enc, self.no_mem_embed, self.no_mem_pos_enc, self.no_obj_ptr,
+                          *([self.no_obj_embed_spatial] if version == "2.1" else [])):
+            nn.init.trunc_normal_(embedding, std=0.02)
 
     @property
     def device(self) -> torch.device:
