@@ -52,7 +52,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=30.0, help="training time budget (evaluations not counted)")
     p.add_argument("--eval-every", type=float, default=5.0, help="minutes of training between evaluations")
     add_arguments(p)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--checkpoint", default=None,
                    help="start from these weights (official layout, e.g. an earlier run's model.pt) instead of the "
                         "deterministic random ones")
@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--corrections", type=int, default=1, help="correction clicks per corrected frame (the recipe's 7)")
     p.add_argument("--prob-mask", type=float, default=0.5, help="share of mask-prompted clips (the recipe's 0.5)")
     p.add_argument("--prob-box", type=float, default=0.25, help="share of box-prompted clips (the recipe's 0.25)")
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--clip-grad", type=float, default=1.0)
     p.add_argument("--train-encoder", action="store_true",
                    help="train the image encoder too (default: frozen, its random features as they are)")
