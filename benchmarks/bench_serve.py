@@ -158,7 +158,8 @@ def main() -> None:
     print(f"| what the server adds (median of round trip - decoder) | {overhead:.1f} |")
     if drawn:
         print(f"| click -> mask drawn in the page, Chromium (median) | {statistics.median(drawn):.1f} |")
-        print(f"| click -> mask drawn in the page, Chromium (90th percentile) | {float(np.percentile(drawn, 90)):.1f} |")
+        p90_drawn = float(np.percentile(drawn, 90))
+        print(f"| click -> mask drawn in the page, Chromium (90th percentile) | {p90_drawn:.1f} |")
     print(f"| embedding (set_image, median of 3) | {embed_ms:.0f} |")
     print(f"| embedding through the API (POST .../embed, once) | {upload_embed_ms:.0f} |")
     seen = statistics.median(drawn) if drawn else median

@@ -52,7 +52,6 @@ def unpack_masks(npz) -> np.ndarray:
     return np.unpackbits(npz["masks_packed"], count=int(np.prod(shape))).reshape(shape).astype(bool)
 
 
-
 def sigint_as_in_a_terminal() -> None:
     """A subprocess's preexec_fn: Ctrl-C (SIGINT) back to its default, so Python turns it into
     KeyboardInterrupt as in a terminal, also when the tests run as a background job (started with SIGINT
@@ -60,6 +59,7 @@ def sigint_as_in_a_terminal() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 @pytest.fixture(scope="session")
 def sam_checkpoints(tmp_path_factory):
