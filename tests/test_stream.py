@@ -84,7 +84,9 @@ def test_slow_consumer_over_a_video_read_as_a_stream(tmp_path):
         assert index == len(seen) and name == f"{index:05d}"
         seen.append(round(float(frame.mean()) / 8))
         time.sleep(0.05)  # a model far slower than the decoder
-    assert seen[0] == 0 and seen[-1] == 29 and seen == sorted(set(seen))
+    # which frame comes first is a race with the reader (it may replace frame 0 before the first
+    # next()); what a live stream promises is newer frames only, and the last one never lost
+    assert seen[-1] == 29 and seen == sorted(set(seen))
     assert len(seen) + stream.dropped == stream.received == 30
     assert stream.dropped > 0
 
