@@ -42,9 +42,7 @@ def click_ious(model, image: torch.Tensor, masks: torch.Tensor, max_clicks: int)
         first = click == 0
         out, scores = backend.decode(state, (coords, labels.int()), None, low_res, multimask=first)
         best = scores.argmax(1) if first else torch.zeros(len(gt), dtype=torch.int64, device=device)
-        low_res = out[torch.arange(len(gt), device=device), best][:, None]
-        if backend.low_res_clamp is not None:
-            low_res = low_res.clamp(-backend.low_res_clamp, backend.low_res_clamp)
+        low_res = backend.clamp_low_res(out[torch.arange(len(gt), device=device), best][:, None])
         pred = backend.upscale(low_res, state)[:, 0] > 0
         inter = (pred & gt).flatten(1).sum(1).float()
         union = (pred | gt).flatten(1).sum(1).float()

@@ -101,11 +101,12 @@ def upscale_sam_logits(low_res: torch.Tensor, original_size, input_size, image_s
     return x
 
 
-class SamBackend:
-    """SAM / MobileSAM: longest side resized to 1024 (Pillow-exact), normalised, padded.
-    Everything but the networks (encode, decode) is shared with the ONNX Runtime backend."""
+class PromptBackend:
+    """What a family's image predictor does around its networks: resize, encode (the image state a prompt's
+    decode reuses), map clicks into the input frame, decode, upscale. Each family's subclass is shared with its
+    ONNX Runtime backend, which replaces only the networks (encode, decode)."""
 
-    low_res_clamp = None
+    low_res_clamp: float | None = None  # the family's bound on the low-res logits it hands back
 
     def __init__(self, model) -> None:
         self.model = model
@@ -114,6 +115,16 @@ class SamBackend:
     def embed(self, image: torch.Tensor) -> dict:
         resized, input_size = self.resize(image)
         return {**self.encode(resized), "original_size": tuple(image.shape[:2]), "input_size": input_size}
+
+    def clamp_low_res(self, low_res: torch.Tensor) -> torch.Tensor:
+        """Low-res logits as the family hands them back, to show or to feed in as the next mask_input."""
+        if self.low_res_clamp is None:
+            return low_res
+        return low_res.clamp(-self.low_res_clamp, self.low_res_clamp)
+
+
+class SamBackend(PromptBackend):
+    """SAM / MobileSAM: longest side resized to 1024 (Pillow-exact), normalised, padded."""
 
     def resize(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(H, W, 3) uint8 image -> the encoder's input (1, 3, h, w) float 0-255, and (h, w)."""
@@ -160,20 +171,11 @@ class SamBackend:
         return x.reshape(*shape[:-2], *x.shape[-2:])
 
 
-class Sam2Backend:
+class Sam2Backend(PromptBackend):
     """SAM 2 / 2.1: the image resized (float, antialiased) to 1024 x 1024 without keeping the aspect ratio;
-    a box becomes two corner points in front of the clicks; returned low-res logits clamped to +-32.
-    Everything but the networks (encode, decode) is shared with the ONNX Runtime backend."""
+    a box becomes two corner points in front of the clicks; returned low-res logits clamped to +-32."""
 
     low_res_clamp = 32.0
-
-    def __init__(self, model) -> None:
-        self.model = model
-        self.image_size = model.image_size
-
-    def embed(self, image: torch.Tensor) -> dict:
-        resized, input_size = self.resize(image)
-        return {**self.encode(resized), "original_size": tuple(image.shape[:2]), "input_size": input_size}
 
     def resize(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(H, W, 3) uint8 image -> the encoder's input (1, 3, 1024, 1024) float 0-1, and its size."""
@@ -215,7 +217,7 @@ class Sam2Backend:
         return x.reshape(*shape[:-2], *x.shape[-2:])
 
 
-def backend_for(model) -> SamBackend | Sam2Backend:
+def backend_for(model) -> PromptBackend:
     if isinstance(model, Sam):
         return SamBackend(model)
     if isinstance(model, Sam2):
@@ -317,8 +319,7 @@ class ImagePredictor:
 
         low_res, scores = self.backend.decode(state, point_args, box_t, mask_t, multimask)
         logits = self.backend.upscale(low_res, state)
-        if self.backend.low_res_clamp is not None:
-            low_res = low_res.clamp(-self.backend.low_res_clamp, self.backend.low_res_clamp)
+        low_res = self.backend.clamp_low_res(low_res)
         masks = logits > 0.0
         if not batched:
             low_res, scores, logits, masks = low_res[0], scores[0], logits[0], masks[0]
