@@ -6,6 +6,7 @@ maskml next to it, not whichever copy is installed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
@@ -136,7 +137,7 @@ def draw_curve(rows: list[dict], path: Path, title: str, metric: str, legend: st
     cv2.polylines(img, [pts], False, (200, 60, 0), 2)
     for p in pts:
         cv2.circle(img, tuple(int(c) for c in p), 4, (200, 60, 0), -1)
-    losses = [r for r in rows if r["loss"] == r["loss"]]
+    losses = [r for r in rows if r.get("loss", math.nan) == r.get("loss", math.nan)]
     if losses:
         top = max(r["loss"] for r in losses)
         lp = np.array([[m + r["minutes"] / t_max * (w - 2 * m), h - m - r["loss"] / top * (h - 2 * m)]
@@ -153,6 +154,67 @@ def budget_rate(step: int, trained_seconds: float, budget_seconds: float, decay_
     from `decay_at` of the time budget on (the official step schedules' last drop, e.g. Cutie's 100000 of
     125000 steps; decay_at >= 1: never)."""
     return min(1.0, (step + 1) / warmup) * (0.1 if trained_seconds >= decay_at * budget_seconds else 1.0)
+
+
+def recipe_step(recipe, model, optimizer, items: list, rate: float, clip_grad: float) -> dict:
+    """One optimizer step of a recipe's training_step on `items`, every group's rate at `rate` x its base rate
+    (the training benchmarks' loop; the engine, maskml.train.engine, does the same per step with its schedule)."""
+    import torch
+
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * rate
+    out = recipe.training_step(model, items)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    torch.nn.utils.clip_grad_norm_([q for g in optimizer.param_groups for q in g["params"]], clip_grad)
+    optimizer.step()
+    return out
+
+
+def train_on_budget(step, evaluate, minutes: float, eval_every: float, metric: str, log_every: int = 10,
+                    stop=None) -> list[dict]:
+    """The training benchmarks' loop, timed by training alone (evaluations are extra wall time). evaluate() -> a
+    score runs before training, every `eval_every` minutes of training and at the end of `minutes`; between them
+    step(n, trained_seconds, budget_seconds) runs training step n and returns its figures ({"loss": ..., ...}),
+    printed every `log_every` steps and averaged into the next row. `stop(score)` true ends training early.
+    Returns the rows: minutes, step, the averaged figures, `metric`."""
+    budget = minutes * 60
+    rows = [{"minutes": 0.0, "step": 0, metric: evaluate()}]
+    print(f"before training: {metric} {rows[0][metric]:.4f}", flush=True)
+    trained, n, since, next_eval = 0.0, 0, [], eval_every * 60
+    while True:
+        done = trained >= budget or (stop is not None and stop(rows[-1][metric]))
+        if n > rows[-1]["step"] and (done or trained >= next_eval):
+            means = {k: sum(f[k] for f in since) / len(since) for k in since[0]}
+            rows.append({"minutes": trained / 60, "step": n, **means, metric: evaluate()})
+            since = []
+            print(f"{trained / 60:.1f} training min, step {n}: {metric} {rows[-1][metric]:.4f}", flush=True)
+            while next_eval <= trained:
+                next_eval += eval_every * 60
+            continue
+        if done:
+            return rows
+        tick = time.perf_counter()
+        figures = step(n, trained, budget)
+        trained += time.perf_counter() - tick
+        n += 1
+        since.append(figures)
+        if n % log_every == 0:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
+            print(f"step {n} ({trained / 60:.1f} training min): {shown}", flush=True)
+
+
+def write_curve(rows: list[dict], path: Path, notes: dict[str, float]) -> None:
+    """train_on_budget's rows as CSV (a figure a row lacks, e.g. the loss before training, is NaN), then each
+    of `notes` (e.g. a baseline's score) as a "# name,value" line."""
+    import csv
+
+    fields = list(dict.fromkeys(k for row in reversed(rows) for k in row))  # the last row has every figure
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="nan")
+        writer.writeheader()
+        writer.writerows(rows)
+        f.writelines(f"# {name},{value:.4f}\n" for name, value in notes.items())
 
 
 def next_items(dataset, order: list, step: int, batch: int, seed_stride: int = 1000) -> list:

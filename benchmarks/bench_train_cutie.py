@@ -1,6 +1,6 @@
 """Proof that the cutie recipe learns: Cutie-small from its deterministic random weights (no ImageNet
 backbone), trained on synthetic videos (`maskml data synth`: moving, turning, occluding objects that enter
-and leave) at a reduced size for a wall-clock budget; J&F on held-out synthetic videos (semi-supervised:
+and leave) at a reduced size for a budget of training time; J&F on held-out synthetic videos (semi-supervised:
 first-frame masks, maskml.train.video_eval, the DAVIS tool's scoring) before training and at intervals,
 against the trivial tracker that holds the first frame's mask. Writes curve.csv and curve.png into --out.
 
@@ -8,7 +8,7 @@ against the trivial tracker that holds the first frame's mask. Writes curve.csv 
     python benchmarks/bench_train_cutie.py --gpu --out runs/gpu_cutie    # peak GPU memory and clips/s
 
 The loop is the recipe's training_step (clips of recipe.num_frames frames, memory written through the clip,
-the official losses) with AdamW over the recipe's parameter groups, so the budget is wall-clock time (the
+the official losses) with AdamW over the recipe's parameter groups, so the budget is training time (the
 engine, maskml.train, counts steps). Evaluation time is not counted in the training budget.
 
 --gpu: the official main stage (480 px crops, 8-frame clips, 3 reference frames, 3 objects, 12544 points,
@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from _common import budget_rate, draw_curve, next_items
+from _common import budget_rate, draw_curve, next_items, recipe_step, train_on_budget, write_curve
 from _synthetic_videos import add_arguments, predict_nothing, synthetic_videos
 from maskml.io.images import atomic_path
 from maskml.train.data.synth import SynthConfig, generate
@@ -112,7 +111,12 @@ def main() -> None:
     s = recipe.settings
     train = VideoClips(train_videos, s["num_frames"], s["max_objects"], s["size"], max_gap=args.max_gap)
     optimizer = torch.optim.AdamW(recipe.param_groups(model), lr=args.lr)
-    params = [q for group in optimizer.param_groups for q in group["params"]]
+    order: list = []
+
+    def step(n: int, trained_seconds: float, budget: float) -> dict:
+        out = recipe_step(recipe, model, optimizer, next_items(train, order, n, args.batch),
+                          budget_rate(n, trained_seconds, budget, args.decay_at), clip_grad=3.0)
+        return {"loss": float(out["loss"].detach()), "iou": float(out["iou"])}
 
     def evaluate() -> float:
         model.eval()
@@ -122,53 +126,21 @@ def main() -> None:
 
     baseline = evaluate_videos(hold_first_mask, val)["J&F"]
     nothing = evaluate_videos(predict_nothing, val)["J&F"]
-    rows: list[dict] = [{"minutes": 0.0, "step": 0, "loss": float("nan"), "iou": float("nan"), "jf": evaluate()}]
-    print(f"held-out J&F ({len(val)} videos): hold the first mask {baseline:.4f}, predict nothing {nothing:.4f}, "
-          f"untrained {rows[0]['jf']:.4f}", flush=True)
-    budget, next_eval = args.minutes * 60, args.eval_every * 60
-    trained_seconds, step, order, running, running_iou = 0.0, 0, [], [], []
-    while True:
-        if trained_seconds >= next_eval or trained_seconds >= budget:
-            rows.append({"minutes": trained_seconds / 60, "step": step, "loss": sum(running) / max(len(running), 1),
-                         "iou": sum(running_iou) / max(len(running_iou), 1), "jf": evaluate()})
-            running, running_iou = [], []
-            print(f"{rows[-1]['minutes']:.1f} training min, step {step}: held-out J&F {rows[-1]['jf']:.4f}", flush=True)
-            next_eval += args.eval_every * 60
-            if trained_seconds >= budget:
-                break
-            continue
-        tick = time.perf_counter()
-        items = next_items(train, order, step, args.batch)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * budget_rate(step, trained_seconds, budget, args.decay_at)
-        out = recipe.training_step(model, items)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 3.0)
-        optimizer.step()
-        running.append(float(out["loss"].detach()))
-        running_iou.append(float(out["iou"]))
-        step += 1
-        trained_seconds += time.perf_counter() - tick
-        if step % args.log_every == 0:
-            print(f"step {step} ({trained_seconds / 60:.1f} training min): loss {running[-1]:.3f}, clip IoU "
-                  f"{running_iou[-1]:.3f}", flush=True)
-    final = rows[-1]["jf"]
-    with open(args.out / "curve.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["minutes", "step", "loss", "iou", "jf"])
-        writer.writeheader()
-        writer.writerows(rows)
-        f.write(f"# hold-the-first-mask J&F,{baseline:.4f}\n# predict-nothing J&F,{nothing:.4f}\n")
+    print(f"held-out J&F ({len(val)} videos): hold the first mask {baseline:.4f}, predict nothing {nothing:.4f}",
+          flush=True)
+    rows = train_on_budget(step, evaluate, args.minutes, args.eval_every, "jf", args.log_every)
+    untrained, final, steps, minutes = rows[0]["jf"], rows[-1]["jf"], rows[-1]["step"], rows[-1]["minutes"]
+    write_curve(rows, args.out / "curve.csv", {"hold-the-first-mask J&F": baseline, "predict-nothing J&F": nothing})
     with atomic_path(args.out / "model.pt") as tmp:
         recipe.export(model, tmp)
     title = (f"cutie_small from random weights, {args.size} px crops, {args.frames}-frame clips, synthetic videos\n"
-             f"held-out J&F {rows[0]['jf']:.3f} -> {final:.3f} in {step} steps (hold-first-mask {baseline:.3f}, "
+             f"held-out J&F {untrained:.3f} -> {final:.3f} in {steps} steps (hold-first-mask {baseline:.3f}, "
              f"nothing {nothing:.3f})")
     draw_curve(rows, args.out / "curve.png", title, "jf",
                "held-out J&F (blue), hold-first-mask (grey), training loss / max (red); training minutes",
                baseline=baseline)
-    print(f"untrained {rows[0]['jf']:.4f} -> trained {final:.4f}; hold-first-mask {baseline:.4f}; margin "
-          f"{final - baseline:+.4f} after {step} steps, {trained_seconds / 60:.1f} training min; "
+    print(f"untrained {untrained:.4f} -> trained {final:.4f}; hold-first-mask {baseline:.4f}; margin "
+          f"{final - baseline:+.4f} after {steps} steps, {minutes:.1f} training min; "
           f"{args.out / 'curve.csv'}, {args.out / 'curve.png'}", flush=True)
     assert math.isfinite(final)
 

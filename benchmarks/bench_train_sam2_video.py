@@ -15,7 +15,6 @@ fewer correction clicks per frame by default (--corrections) to spend the CPU on
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from _common import budget_rate, draw_curve, next_items
+from _common import budget_rate, draw_curve, next_items, recipe_step, train_on_budget, write_curve
 from _synthetic_videos import add_arguments, predict_nothing, synthetic_videos
 from maskml.train.recipes.sam2_video import Sam2Video, track_video
 from maskml.train.video_eval import evaluate_videos, hold_first_mask
@@ -80,7 +79,12 @@ def main() -> None:
     model.image_encoder.requires_grad_(args.train_encoder)
     train = recipe.clips(train_videos)  # the recipe's clips of the videos bench_train_cutie trains on
     optimizer = torch.optim.AdamW(recipe.param_groups(model))
-    params = [q for g in optimizer.param_groups for q in g["params"]]
+    order: list = []
+
+    def step(n: int, trained_seconds: float, budget: float) -> dict:
+        out = recipe_step(recipe, model, optimizer, next_items(train, order, n, 1, seed_stride=100003),
+                          budget_rate(n, trained_seconds, budget, args.decay_at), args.clip_grad)
+        return {"loss": float(out["loss"].detach()), "tracked_iou": float(out.get("tracked_iou", math.nan))}
 
     def evaluate() -> float:
         model.eval()
@@ -93,58 +97,20 @@ def main() -> None:
     wall_start = time.perf_counter()
     baseline = evaluate_videos(hold_first_mask, val)["J&F"]
     nothing = evaluate_videos(predict_nothing, val)["J&F"]
-    untrained = evaluate()
-    trained_seconds = 0.0  # the budget counts training only; evaluations are extra wall time
-    rows: list[dict] = [{"minutes": 0.0, "step": 0, "loss": float("nan"), "J&F": untrained, "baseline": baseline}]
-    print(f"held-out J&F ({len(val)} videos): hold the first mask {baseline:.4f}, predict nothing {nothing:.4f}, "
-          f"untrained {untrained:.4f}", flush=True)
-    budget = args.minutes * 60
-    next_eval = args.eval_every * 60
-    step, epoch_order, running = 0, [], []
-    model.train()
-    model.image_encoder.train(args.train_encoder)
-    while trained_seconds < budget:
-        step_start = time.perf_counter()
-        item, = next_items(train, epoch_order, step, 1, seed_stride=100003)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * budget_rate(step, trained_seconds, budget, args.decay_at)
-        out = recipe.training_step(model, [item])
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
-        optimizer.step()
-        running.append(float(out["loss"].detach()))
-        step += 1
-        trained_seconds += time.perf_counter() - step_start
-        if step % args.log_every == 0:
-            print(f"step {step} ({trained_seconds / 60:.1f} min of training): loss {running[-1]:.3f}, "
-                  f"tracked-frame IoU {float(out.get('tracked_iou', float('nan'))):.3f}", flush=True)
-        if trained_seconds >= next_eval and trained_seconds < budget:
-            score = evaluate()
-            rows.append({"minutes": trained_seconds / 60, "step": step, "loss": sum(running) / len(running),
-                         "J&F": score, "baseline": baseline})
-            running = []
-            print(f"{trained_seconds / 60:.1f} min of training, step {step}: J&F {score:.4f}", flush=True)
-            next_eval += args.eval_every * 60
-    final = evaluate()
-    rows.append({"minutes": trained_seconds / 60, "step": step,
-                 "loss": sum(running) / len(running) if running else float("nan"), "J&F": final,
-                 "baseline": baseline})
+    print(f"held-out J&F ({len(val)} videos): hold the first mask {baseline:.4f}, predict nothing {nothing:.4f}",
+          flush=True)
+    rows = train_on_budget(step, evaluate, args.minutes, args.eval_every, "J&F", args.log_every)
+    untrained, final, steps, minutes = rows[0]["J&F"], rows[-1]["J&F"], rows[-1]["step"], rows[-1]["minutes"]
     recipe.export(model, args.out / "model.pt")
-    with open(args.out / "curve.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["minutes", "step", "loss", "J&F", "baseline"])
-        writer.writeheader()
-        writer.writerows(rows)
-        f.write(f"# predict-nothing J&F,{nothing:.4f}\n")
+    write_curve(rows, args.out / "curve.csv", {"hold-the-first-mask J&F": baseline, "predict-nothing J&F": nothing})
     encoder = "encoder trained" if args.train_encoder else "encoder frozen"
     title = (f"sam2.1_hiera_t from random weights ({encoder}), {args.image_size} px, synthetic videos\n"
-             f"held-out J&F {untrained:.3f} -> {final:.3f} in {step} clips; hold-first-mask {baseline:.3f}, "
+             f"held-out J&F {untrained:.3f} -> {final:.3f} in {steps} clips; hold-first-mask {baseline:.3f}, "
              f"predict nothing {nothing:.3f}")
     draw_curve(rows, args.out / "curve.png", title, "J&F",
                "held-out J&F (blue), hold-first-mask J&F (grey), training loss / max (red); minutes", baseline)
     print(f"J&F untrained {untrained:.4f} -> trained {final:.4f}; hold-first-mask {baseline:.4f}, predict nothing "
-          f"{nothing:.4f} "
-          f"(margin {final - baseline:+.4f}) after {step} clips, {rows[-1]['minutes']:.1f} min of training "
+          f"{nothing:.4f} (margin {final - baseline:+.4f}) after {steps} clips, {minutes:.1f} min of training "
           f"({(time.perf_counter() - wall_start) / 60:.1f} min with evaluations); "
           f"{args.out / 'curve.csv'}, {args.out / 'curve.png'}", flush=True)
     assert math.isfinite(final)
