@@ -5,6 +5,7 @@ maskml next to it, not whichever copy is installed.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -154,6 +155,19 @@ def budget_rate(step: int, trained_seconds: float, budget_seconds: float, decay_
     from `decay_at` of the time budget on (the official step schedules' last drop, e.g. Cutie's 100000 of
     125000 steps; decay_at >= 1: never)."""
     return min(1.0, (step + 1) / warmup) * (0.1 if trained_seconds >= decay_at * budget_seconds else 1.0)
+
+
+def training_parser(doc: str, out: str, eval_every: float) -> argparse.ArgumentParser:
+    """The training benchmarks' command line, with the options they share: --out, the budget (--minutes,
+    --eval-every), --threads, --log-every."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path(out))
+    p.add_argument("--minutes", type=float, default=30.0, help="training budget (evaluations not counted)")
+    p.add_argument("--eval-every", type=float, default=eval_every, help="training minutes between evaluations")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a CPU shared with other work, more threads wait on each other)")
+    p.add_argument("--log-every", type=int, default=10, help="steps between printed losses")
+    return p
 
 
 def recipe_step(recipe, model, optimizer, items: list, rate: float, clip_grad: float) -> dict:

@@ -10,6 +10,7 @@ import torch
 
 from maskml.train.data.synth import SynthConfig, generate
 from maskml.train.data.video import HeldOutVideos, open_videos
+from maskml.train.video_eval import evaluate_videos, hold_first_mask
 
 PHOTOS = ("examples", "../shared/data/images")  # real photos for cut-outs and backgrounds, when present
 
@@ -60,3 +61,11 @@ def predict_nothing(frames: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
     """The empty tracker (J = F = 1 only where the object is gone): what tracking must beat besides holding
     the first mask."""
     return torch.zeros(len(frames), *first.shape[-2:], dtype=torch.long)
+
+
+def trivial_scores(val: HeldOutVideos) -> dict[str, float]:
+    """The J&F of the two trivial trackers a trained one must beat, printed and returned by name."""
+    scores = {"hold-the-first-mask J&F": evaluate_videos(hold_first_mask, val)["J&F"],
+              "predict-nothing J&F": evaluate_videos(predict_nothing, val)["J&F"]}
+    print(f"held-out J&F ({len(val)} videos): " + ", ".join(f"{k[:-4]} {v:.4f}" for k, v in scores.items()), flush=True)
+    return scores

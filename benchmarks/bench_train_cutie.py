@@ -18,7 +18,6 @@ steps after the first log window. Without CUDA it prints one line and exits with
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 from pathlib import Path
@@ -26,13 +25,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from _common import budget_rate, draw_curve, next_items, recipe_step, train_on_budget, write_curve
-from _synthetic_videos import add_arguments, predict_nothing, synthetic_videos
+from _common import (budget_rate, draw_curve, next_items, recipe_step, train_on_budget, training_parser,
+                     write_curve)
+from _synthetic_videos import add_arguments, synthetic_videos, trivial_scores
 from maskml.io.images import atomic_path
 from maskml.train.data.synth import SynthConfig, generate
 from maskml.train.data.video import VideoClips
 from maskml.train.recipes.cutie import CutieRecipe
-from maskml.train.video_eval import evaluate_videos, hold_first_mask, tracker_fn
+from maskml.train.video_eval import evaluate_videos, tracker_fn
 
 def config(data_root: Path, args) -> OmegaConf:
     return OmegaConf.create({
@@ -79,10 +79,7 @@ def gpu_figures(args) -> int:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("runs/bench_train_cutie"))
-    p.add_argument("--minutes", type=float, default=30.0, help="training budget (evaluations not counted)")
-    p.add_argument("--eval-every", type=float, default=6.0, help="training minutes between evaluations")
+    p = training_parser(__doc__, "runs/bench_train_cutie", eval_every=6.0)
     add_arguments(p)
     p.add_argument("--size", type=int, default=64, help="training crop side (the recipe's 480)")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (the recipe's 8)")
@@ -94,9 +91,6 @@ def main() -> None:
                    help="the recipe's 0.1 protects a pretrained backbone; from random weights it learns at lr")
     p.add_argument("--decay-at", type=float, default=0.8,
                    help="share of the time budget after which the rate drops to a tenth (the official step schedule)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1: on a CPU shared with other work, more threads wait on each other)")
-    p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--gpu", action="store_true", help="measure peak GPU memory and clips/s instead (CUDA)")
     p.add_argument("--gpu-steps", type=int, default=20, help="--gpu: optimizer steps per batch size")
     args = p.parse_args()
@@ -124,19 +118,17 @@ def main() -> None:
         model.train()
         return score
 
-    baseline = evaluate_videos(hold_first_mask, val)["J&F"]
-    nothing = evaluate_videos(predict_nothing, val)["J&F"]
-    print(f"held-out J&F ({len(val)} videos): hold the first mask {baseline:.4f}, predict nothing {nothing:.4f}",
-          flush=True)
-    rows = train_on_budget(step, evaluate, args.minutes, args.eval_every, "jf", args.log_every)
-    untrained, final, steps, minutes = rows[0]["jf"], rows[-1]["jf"], rows[-1]["step"], rows[-1]["minutes"]
-    write_curve(rows, args.out / "curve.csv", {"hold-the-first-mask J&F": baseline, "predict-nothing J&F": nothing})
+    trivial = trivial_scores(val)
+    baseline, nothing = trivial["hold-the-first-mask J&F"], trivial["predict-nothing J&F"]
+    rows = train_on_budget(step, evaluate, args.minutes, args.eval_every, "J&F", args.log_every)
+    untrained, final, steps, minutes = rows[0]["J&F"], rows[-1]["J&F"], rows[-1]["step"], rows[-1]["minutes"]
+    write_curve(rows, args.out / "curve.csv", trivial)
     with atomic_path(args.out / "model.pt") as tmp:
         recipe.export(model, tmp)
     title = (f"cutie_small from random weights, {args.size} px crops, {args.frames}-frame clips, synthetic videos\n"
              f"held-out J&F {untrained:.3f} -> {final:.3f} in {steps} steps (hold-first-mask {baseline:.3f}, "
              f"nothing {nothing:.3f})")
-    draw_curve(rows, args.out / "curve.png", title, "jf",
+    draw_curve(rows, args.out / "curve.png", title, "J&F",
                "held-out J&F (blue), hold-first-mask (grey), training loss / max (red); training minutes",
                baseline=baseline)
     print(f"untrained {untrained:.4f} -> trained {final:.4f}; hold-first-mask {baseline:.4f}; margin "

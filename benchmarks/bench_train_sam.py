@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from _common import budget_rate, draw_curve, next_items, recipe_step, train_on_budget, write_curve
+from _common import (budget_rate, draw_curve, next_items, recipe_step, train_on_budget, training_parser,
+                     write_curve)
 from maskml.eval.interactive import evaluate_interactive
 from maskml.train.data.dataset import EvalDataset
 from maskml.train.data.readers import open_source
@@ -45,10 +46,7 @@ def config(data_root: Path, args) -> OmegaConf:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("runs/bench_train_sam"))
-    p.add_argument("--minutes", type=float, default=30.0, help="training budget (evaluations not counted)")
-    p.add_argument("--eval-every", type=float, default=5.0, help="training minutes between evaluations")
+    p = training_parser(__doc__, "runs/bench_train_sam", eval_every=5.0)
     p.add_argument("--train-images", type=int, default=400)
     p.add_argument("--val-images", type=int, default=40)
     p.add_argument("--image-size", type=int, default=256)
@@ -56,9 +54,6 @@ def main() -> None:
     p.add_argument("--objects", type=int, default=4, help="objects per image per step")
     p.add_argument("--rounds", type=int, default=1, help="correction rounds (the recipe's default is 7)")
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1: on a CPU shared with other work, more threads wait on each other)")
-    p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--prob-mask", type=float, default=0.5, help="share of mask prompts (the recipe's 0.5)")
     p.add_argument("--prob-box", type=float, default=0.25, help="share of box prompts (the recipe's 0.25)")
     p.add_argument("--freeze-batch-norm", action=argparse.BooleanOptionalAction, default=False,

@@ -14,7 +14,6 @@ fewer correction clicks per frame by default (--corrections) to spend the CPU on
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -22,10 +21,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from _common import budget_rate, draw_curve, next_items, recipe_step, train_on_budget, write_curve
-from _synthetic_videos import add_arguments, predict_nothing, synthetic_videos
+from _common import (budget_rate, draw_curve, next_items, recipe_step, train_on_budget, training_parser,
+                     write_curve)
+from _synthetic_videos import add_arguments, synthetic_videos, trivial_scores
+from maskml.io.images import atomic_path
 from maskml.train.recipes.sam2_video import Sam2Video, track_video
-from maskml.train.video_eval import evaluate_videos, hold_first_mask
+from maskml.train.video_eval import evaluate_videos
 
 CONFIGS = Path(__file__).resolve().parents[1] / "maskml" / "configs"
 
@@ -46,10 +47,7 @@ def config(data_root: Path, args) -> OmegaConf:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("runs/bench_train_sam2_video"))
-    p.add_argument("--minutes", type=float, default=30.0, help="training time budget (evaluations not counted)")
-    p.add_argument("--eval-every", type=float, default=5.0, help="minutes of training between evaluations")
+    p = training_parser(__doc__, "runs/bench_train_sam2_video", eval_every=5.0)
     add_arguments(p)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--checkpoint", default=None,
@@ -66,9 +64,6 @@ def main() -> None:
                    help="train the image encoder too (default: frozen, its random features as they are)")
     p.add_argument("--decay-at", type=float, default=0.8,
                    help="share of the time budget after which the rate drops to a tenth (the official step schedule)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1: on a CPU shared with other work, more threads wait on each other)")
-    p.add_argument("--log-every", type=int, default=10)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -95,14 +90,13 @@ def main() -> None:
         return score
 
     wall_start = time.perf_counter()
-    baseline = evaluate_videos(hold_first_mask, val)["J&F"]
-    nothing = evaluate_videos(predict_nothing, val)["J&F"]
-    print(f"held-out J&F ({len(val)} videos): hold the first mask {baseline:.4f}, predict nothing {nothing:.4f}",
-          flush=True)
+    trivial = trivial_scores(val)
+    baseline, nothing = trivial["hold-the-first-mask J&F"], trivial["predict-nothing J&F"]
     rows = train_on_budget(step, evaluate, args.minutes, args.eval_every, "J&F", args.log_every)
     untrained, final, steps, minutes = rows[0]["J&F"], rows[-1]["J&F"], rows[-1]["step"], rows[-1]["minutes"]
-    recipe.export(model, args.out / "model.pt")
-    write_curve(rows, args.out / "curve.csv", {"hold-the-first-mask J&F": baseline, "predict-nothing J&F": nothing})
+    with atomic_path(args.out / "model.pt") as tmp:
+        recipe.export(model, tmp)
+    write_curve(rows, args.out / "curve.csv", trivial)
     encoder = "encoder trained" if args.train_encoder else "encoder frozen"
     title = (f"sam2.1_hiera_t from random weights ({encoder}), {args.image_size} px, synthetic videos\n"
              f"held-out J&F {untrained:.3f} -> {final:.3f} in {steps} clips; hold-first-mask {baseline:.3f}, "
