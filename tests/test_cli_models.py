@@ -36,3 +36,9 @@ def test_models_lists_the_zoo_and_what_the_cache_holds(tmp_path, monkeypatch, ca
 
 def test_recorded_file_sizes_are_of_registered_files():
     assert set(OFFICIAL_FILE_BYTES) <= {get_entry(name).filename for name in list_models()}
+
+
+def test_maskml_alone_lists_its_commands(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: maskml") and all(f"    {name} " in err for name in ("segment", "track", "train"))

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # a bare `maskml`: the commands, not "COMMAND is required"
+        parser.print_help(sys.stderr)
+        return 2
     # Hydra-style commands (train) take KEY=VALUE overrides anywhere on the line, options included
     args, extra = parser.parse_known_args(argv)
     if extra:
