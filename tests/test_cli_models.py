@@ -38,7 +38,13 @@ def test_recorded_file_sizes_are_of_registered_files():
     assert set(OFFICIAL_FILE_BYTES) <= {get_entry(name).filename for name in list_models()}
 
 
-def test_maskml_alone_lists_its_commands(capsys):
+def test_maskml_alone_or_a_bare_command_shows_what_to_give(capsys):
     assert main([]) == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: maskml") and all(f"    {name} " in err for name in ("segment", "track", "train"))
+    assert main(["data"]) == 2  # its actions, not "the following arguments are required: ACTION"
+    err = capsys.readouterr().err
+    assert err.startswith("usage: maskml data") and "synth" in err and "required" not in err
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: maskml train") and "sam_finetune" in err

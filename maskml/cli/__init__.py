@@ -50,13 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # command not written yet
         module.register(subparsers)
+    parser.commands = subparsers.choices  # name -> its parser
     return parser
+
+
+def help_for_bare_words(parser: argparse.ArgumentParser, words: list[str]) -> argparse.ArgumentParser | None:
+    """The parser whose help answers a bare `maskml` or a bare command that cannot run without arguments
+    (`maskml train`): its help lists what to give, where argparse's error would only name what is missing."""
+    if not words:
+        return parser
+    command = parser.commands.get(words[0]) if len(words) == 1 else None
+    if command is not None and any(action.required for action in command._actions):
+        return command
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    if not (sys.argv[1:] if argv is None else argv):  # a bare `maskml`: the commands, not "COMMAND is required"
-        parser.print_help(sys.stderr)
+    helpful = help_for_bare_words(parser, sys.argv[1:] if argv is None else argv)
+    if helpful is not None:
+        helpful.print_help(sys.stderr)
         return 2
     # Hydra-style commands (train) take KEY=VALUE overrides anywhere on the line, options included
     args, extra = parser.parse_known_args(argv)
