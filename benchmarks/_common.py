@@ -6,6 +6,7 @@ maskml next to it, not whichever copy is installed.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -221,8 +222,6 @@ def train_on_budget(step, evaluate, minutes: float, eval_every: float, metric: s
 def write_curve(rows: list[dict], path: Path, notes: dict[str, float]) -> None:
     """train_on_budget's rows as CSV (a figure a row lacks, e.g. the loss before training, is NaN), then each
     of `notes` (e.g. a baseline's score) as a "# name,value" line."""
-    import csv
-
     fields = list(dict.fromkeys(k for row in reversed(rows) for k in row))  # the last row has every figure
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="nan")

@@ -67,5 +67,5 @@ def trivial_scores(val: HeldOutVideos) -> dict[str, float]:
     """The J&F of the two trivial trackers a trained one must beat, printed and returned by name."""
     scores = {"hold-the-first-mask J&F": evaluate_videos(hold_first_mask, val)["J&F"],
               "predict-nothing J&F": evaluate_videos(predict_nothing, val)["J&F"]}
-    print(f"held-out J&F ({len(val)} videos): " + ", ".join(f"{k[:-4]} {v:.4f}" for k, v in scores.items()), flush=True)
+    print(f"{len(val)} held-out videos: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)
     return scores
